@@ -1,0 +1,116 @@
+# Copyright (c) osvirt developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The cgroup tree of the host as VEs see it: layout per controller, a VE's cgroup paths.
+
+PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
+
+Hosts come as cgroup v1 (one hierarchy per controller), v2 (one unified tree) or hybrid (v1
+controllers plus a cgroup2 mount). ``CgroupTree`` reads /proc/self/mountinfo once and answers, per
+controller, where its files are and which version applies.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+CGROUP_ROOT = '/sys/fs/cgroup'
+
+
+class CgroupTree:
+    """Where each controller lives on this host."""
+
+    def __init__(self, mountinfo='/proc/self/mountinfo'):
+        self.v1 = {}         # controller -> mount point
+        self.v2 = None       # mount point of the unified tree
+        self.v2_controllers = set()
+        self._read(mountinfo)
+
+    def _read(self, mountinfo):
+        try:
+            with open(mountinfo, 'r', encoding='utf-8') as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            left, _sep, right = line.partition(' - ')
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3:
+                continue
+            mount_point, fstype, options = fields[4], rfields[0], rfields[2]
+            if fstype == 'cgroup2':
+                if self.v2 is None or mount_point == CGROUP_ROOT:
+                    self.v2 = mount_point
+            elif fstype == 'cgroup':
+                for opt in options.split(','):
+                    if opt in ('rw', 'ro') or opt.startswith('name=') or '=' in opt:
+                        continue
+                    self.v1.setdefault(opt, mount_point)
+        if self.v2:
+            try:
+                with open(os.path.join(self.v2, 'cgroup.controllers')) as handle:
+                    self.v2_controllers = set(handle.read().split())
+            except OSError:
+                self.v2_controllers = set()
+
+    @property
+    def layout(self):
+        """'v1', 'v2' or 'hybrid'."""
+        if self.v1 and self.v2:
+            return 'hybrid'
+        return 'v1' if self.v1 else 'v2'
+
+    def controller(self, name):
+        """(version, mount point) of a controller, v1 first because LXC uses it when both exist."""
+        if name in self.v1:
+            return 'v1', self.v1[name]
+        if name in self.v2_controllers:
+            return 'v2', self.v2
+        return None, None
+
+    def ve_path(self, controller, parent, ve):
+        """Directory of a VE's cgroup for ``controller`` (None when the host lacks the controller)."""
+        _version, mount = self.controller(controller)
+        return os.path.join(mount, parent, ve) if mount else None
+
+    def ve_dirs(self, parent, ve):
+        """Every directory that can hold the VE's cgroup or its monitor's, in every hierarchy."""
+        mounts = set(self.v1.values())
+        if self.v2:
+            mounts.add(self.v2)
+        dirs = []
+        for mount in sorted(mounts):
+            dirs.append(os.path.join(mount, parent, ve))
+            dirs.append(os.path.join(mount, parent + '.monitor', ve))
+        return dirs
+
+    def remove_stale(self, parent, ve):
+        """Remove empty leftover cgroups of a stopped VE (LXC refuses to start into an existing one).
+
+        Returns the directories removed. A cgroup that still holds processes is left alone and
+        reported by the OSError of rmdir, which the caller turns into an error.
+        """
+        removed = []
+        for top in self.ve_dirs(parent, ve):
+            if not os.path.isdir(top):
+                continue
+            for current, dirnames, _files in os.walk(top, topdown=False):
+                try:
+                    os.rmdir(current)
+                    removed.append(current)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+        return removed
+
+    def memory_usage(self, parent, ve):
+        """Bytes of memory the VE uses now (None when unknown)."""
+        version, mount = self.controller('memory')
+        if not mount:
+            return None
+        name = 'memory.usage_in_bytes' if version == 'v1' else 'memory.current'
+        try:
+            with open(os.path.join(mount, parent, ve, name)) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            return None

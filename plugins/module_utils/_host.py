@@ -1,0 +1,112 @@
+# Copyright (c) osvirt developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The host: its data root, host-wide settings, id ranges and security features.
+
+PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import namedtuple
+
+from . import _validate
+from ._errors import VzError
+from ._fs import make_dirs, read_json
+
+DEFAULT_VZ_ROOT = '/var/lib/vz'
+DEFAULT_CGROUP_PARENT = 'vz'
+DEFAULT_BRIDGE = 'vzbr0'
+# An unprivileged VE needs a full 16-bit id space: 0..65535 inside map to base..base+65535.
+IDMAP_COUNT = 65536
+
+IdMap = namedtuple('IdMap', 'uid gid count')
+
+
+class Host:
+    """Paths and settings of one host, from ``<vz_root>/host.json`` and module options."""
+
+    def __init__(self, vz_root=DEFAULT_VZ_ROOT, cgroup_parent=None, bridge=None,
+                 subuid_file='/etc/subuid', subgid_file='/etc/subgid', user='root'):
+        self.vz_root = _validate.vz_root(vz_root)
+        settings = read_json(os.path.join(self.vz_root, 'host.json'), {}) or {}
+        if not isinstance(settings, dict):
+            raise VzError('%s/host.json must hold a JSON object' % self.vz_root)
+        self.cgroup_parent = _validate.cgroup_parent(
+            cgroup_parent or settings.get('cgroup_parent') or DEFAULT_CGROUP_PARENT)
+        self.bridge = _validate.ifname(bridge or settings.get('bridge') or DEFAULT_BRIDGE, 'bridge name')
+        self.subuid_file = subuid_file
+        self.subgid_file = subgid_file
+        self.user = user
+        self._idmap = None
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def ves_dir(self):
+        return os.path.join(self.vz_root, 'ves')
+
+    @property
+    def templates_dir(self):
+        return os.path.join(self.vz_root, 'templates')
+
+    @property
+    def tmp_dir(self):
+        return os.path.join(self.vz_root, '.tmp')
+
+    @property
+    def locks_dir(self):
+        return os.path.join(self.vz_root, 'locks')
+
+    def ve_dir(self, name):
+        return os.path.join(self.ves_dir, _validate.ve_name(name))
+
+    def ensure_layout(self):
+        """Create the data root and its directories if missing (the host role normally does)."""
+        make_dirs(self.vz_root, 0o711)
+        for sub, mode in (('templates', 0o711), ('ves', 0o711), ('.tmp', 0o700), ('locks', 0o700),
+                          ('backups', 0o700)):
+            make_dirs(os.path.join(self.vz_root, sub), mode)
+
+    # -- ids ------------------------------------------------------------------------------
+    def idmap(self):
+        """The id range unprivileged VEs use: the first range of ``root`` with 65536 ids or more."""
+        if self._idmap is None:
+            uid = _subid_base(self.subuid_file, self.user)
+            gid = _subid_base(self.subgid_file, self.user)
+            self._idmap = IdMap(uid, gid, IDMAP_COUNT)
+        return self._idmap
+
+    # -- features -------------------------------------------------------------------------
+    @staticmethod
+    def apparmor_enabled():
+        try:
+            with open('/sys/module/apparmor/parameters/enabled') as handle:
+                return handle.read().strip() == 'Y'
+        except OSError:
+            return False
+
+    @staticmethod
+    def bridge_exists(name):
+        return os.path.isdir('/sys/class/net/%s/bridge' % name)
+
+
+def _subid_base(path, user):
+    """First start of a range of at least IDMAP_COUNT ids of ``user`` in a subuid/subgid file."""
+    try:
+        with open(path, 'r', encoding='utf-8') as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        fields = line.strip().split(':')
+        if len(fields) != 3 or fields[0] != user:
+            continue
+        try:
+            start, count = int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        if count >= IDMAP_COUNT and start > 0:
+            return start
+    raise VzError('the host has no subordinate id range for %s in %s with at least %d ids; unprivileged '
+                  'VEs need one (run the osvirt.vz.host role, or add "%s:100000:65536")'
+                  % (user, path, IDMAP_COUNT, user))
