@@ -1,0 +1,338 @@
+# Copyright (c) osvirt developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The template store: immutable, versioned root filesystems shared by VEs.
+
+PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
+
+Layout (under ``<vz_root>/templates``)::
+
+    <name>/<version>/rootfs/          the published tree, owned by host ids, never changed
+    <name>/<version>/manifest.json    name, version, parent, os, arch, packages, created, checksum
+    <name>/<version>/idmap/<uid>-<gid>-<count>/rootfs/
+                                      the same tree shifted to an unprivileged id range (a cache,
+                                      built once per range and shared by every VE on it)
+
+A version is built in ``<vz_root>/.tmp`` and published by one rename, so a half-built template is
+never visible. Versions are UTC time stamps, so they sort by build time and ``name`` alone means
+the newest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+
+from . import _validate
+from ._errors import VzError
+from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
+from ._locks import Lock
+
+BUSYBOX = '/bin/busybox'
+
+# What init understands, per template family: LXC sends these to halt or reboot a VE.
+BUSYBOX_INIT = {'halt_signal': 'SIGUSR1', 'reboot_signal': 'SIGTERM'}
+
+_INITTAB = """\
+# osvirt.vz busybox template
+::sysinit:/etc/init.d/rcS
+::shutdown:/bin/umount -a -r
+"""
+
+_RCS = """\
+#!/bin/sh
+# First script of the VE's init: mount what the system needs, run local start scripts.
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run 2>/dev/null
+mkdir -p /run/lock /var/run
+for script in /etc/rc.local.d/*; do
+    [ -x "$script" ] && "$script"
+done
+exit 0
+"""
+
+_UDHCPC = """\
+#!/bin/sh
+# udhcpc calls this with the lease in its environment.
+[ -n "$1" ] || exit 1
+case "$1" in
+    deconfig)
+        ip -4 addr flush dev "$interface"
+        ip link set "$interface" up
+        ;;
+    bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        if [ -n "$router" ]; then
+            ip route replace default via ${router%% *} dev "$interface"
+        fi
+        : > /etc/resolv.conf
+        for server in $dns; do echo "nameserver $server" >> /etc/resolv.conf; done
+        ;;
+esac
+exit 0
+"""
+
+
+class TemplateStore:
+    """Templates of one host."""
+
+    def __init__(self, host):
+        self.host = host
+        self.root = host.templates_dir
+
+    # -- lookup ---------------------------------------------------------------------------
+    def version_dir(self, name, version):
+        return os.path.join(self.root, _validate.template_name(name), _validate.template_version(version))
+
+    def versions(self, name):
+        """Published versions of ``name``, oldest first."""
+        directory = os.path.join(self.root, _validate.template_name(name))
+        try:
+            entries = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        return sorted(v for v in entries if _validate.TEMPLATE_VERSION_RE.fullmatch(v)
+                      and os.path.isfile(os.path.join(directory, v, 'manifest.json')))
+
+    def names(self):
+        try:
+            return sorted(n for n in os.listdir(self.root) if _validate.TEMPLATE_NAME_RE.fullmatch(n))
+        except FileNotFoundError:
+            return []
+
+    def manifest(self, name, version):
+        data = read_json(os.path.join(self.version_dir(name, version), 'manifest.json'))
+        if data is None:
+            raise VzError('template %s@%s does not exist on this host' % (name, version))
+        return data
+
+    def resolve(self, ref):
+        """Turn ``name`` or ``name@version`` into the manifest of a published version."""
+        name, version = _validate.template_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            raise VzError('template %s does not exist on this host (build it with osvirt.vz.template)' % name)
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise VzError('template %s has no version %s on this host (versions: %s)'
+                          % (name, version, ', '.join(versions)))
+        return self.manifest(name, version)
+
+    def layers(self, manifest):
+        """Manifests of a version and its parents, top layer first."""
+        chain, seen = [manifest], set()
+        while chain[-1].get('parent'):
+            ref = chain[-1]['parent']
+            if ref in seen:
+                raise VzError('template %s@%s has a parent loop' % (manifest['name'], manifest['version']))
+            seen.add(ref)
+            chain.append(self.resolve(ref))
+        return chain
+
+    def lower_dirs(self, manifest, idmap=None, create=True):
+        """The overlay lower directories of a version, top first, shifted to ``idmap`` if given."""
+        dirs = []
+        for layer in self.layers(manifest):
+            base = self.version_dir(layer['name'], layer['version'])
+            if idmap is None:
+                dirs.append(os.path.join(base, 'rootfs'))
+            else:
+                dirs.append(self.shifted_rootfs(layer['name'], layer['version'], idmap, create))
+        return dirs
+
+    # -- unprivileged copies --------------------------------------------------------------
+    def shifted_rootfs(self, name, version, idmap, create=True):
+        """Path of the copy of a version owned by ``idmap``'s ids; built once under the template lock."""
+        base = self.version_dir(name, version)
+        key = '%d-%d-%d' % (idmap.uid, idmap.gid, idmap.count)
+        target = os.path.join(base, 'idmap', key)
+        rootfs = os.path.join(target, 'rootfs')
+        if os.path.isdir(rootfs) or not create:
+            return rootfs
+        with Lock(self.host.locks_dir, 'template', name, 'shifting %s@%s to ids %s' % (name, version, key)):
+            if os.path.isdir(rootfs):
+                return rootfs
+            make_dirs(os.path.join(base, 'idmap'), 0o711)
+            staging = tempfile.mkdtemp(prefix='shift-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+            try:
+                os.chmod(staging, 0o711)
+                _copy_tree(os.path.join(base, 'rootfs'), os.path.join(staging, 'rootfs'))
+                _shift_ownership(os.path.join(staging, 'rootfs'), idmap)
+                os.rename(staging, target)
+            except BaseException:
+                remove_tree(staging)
+                raise
+        return rootfs
+
+    # -- building -------------------------------------------------------------------------
+    def new_version(self, name):
+        """A fresh version id (UTC build time) later than every existing version of ``name``."""
+        existing = set(self.versions(name))
+        stamp = time.time()
+        while True:
+            version = time.strftime('%Y%m%d-%H%M%S', time.gmtime(stamp))
+            if version not in existing and (not existing or version > max(existing)):
+                return version
+            stamp += 1
+
+    def build(self, name, source, check_mode=False):
+        """Build a new version of ``name`` from ``source`` and publish it; return its manifest."""
+        builders = {'busybox': self._build_busybox}
+        kind = source.get('type')
+        if kind not in builders:
+            raise VzError('template source type %r is not supported here (supported: %s)'
+                          % (kind, ', '.join(sorted(builders))))
+        with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
+            version = self.new_version(name)
+            if check_mode:
+                return {'name': name, 'version': version, 'source': source}
+            make_dirs(os.path.join(self.root, name), 0o711)
+            staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
+            try:
+                os.chmod(staging, 0o711)
+                rootfs = os.path.join(staging, 'rootfs')
+                os.mkdir(rootfs, 0o755)
+                manifest = builders[kind](rootfs, source)
+                manifest.update({
+                    'name': name,
+                    'version': version,
+                    'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                    'arch': platform.machine(),
+                    'source': source,
+                    'checksum': 'sha256:' + tree_checksum(rootfs),
+                    'size': disk_usage(rootfs),
+                })
+                manifest.setdefault('parent', None)
+                write_json(os.path.join(staging, 'manifest.json'), manifest)
+                os.rename(staging, os.path.join(self.root, name, version))
+            except BaseException:
+                remove_tree(staging)
+                raise
+        return manifest
+
+    def _build_busybox(self, rootfs, source):
+        """The tiny template: Debian's static busybox with init, sh, ip and udhcpc."""
+        binary = source.get('busybox') or BUSYBOX
+        if not os.path.isfile(binary):
+            raise VzError('%s is missing: install the busybox-static package' % binary)
+        if _elf_interpreter(binary):
+            raise VzError('%s is dynamically linked; install busybox-static (the VE has no shared libraries)'
+                          % binary)
+        for sub in ('bin', 'sbin', 'etc/init.d', 'etc/rc.local.d', 'dev', 'proc', 'sys', 'run', 'root',
+                    'home', 'mnt', 'var/log', 'var/tmp', 'usr/share/udhcpc', 'tmp'):
+            os.makedirs(os.path.join(rootfs, sub), 0o755, exist_ok=True)
+        os.chmod(os.path.join(rootfs, 'tmp'), 0o1777)
+        os.chmod(os.path.join(rootfs, 'var/tmp'), 0o1777)
+        os.chmod(os.path.join(rootfs, 'root'), 0o700)
+        shutil.copy2(binary, os.path.join(rootfs, 'bin/busybox'))
+        os.chmod(os.path.join(rootfs, 'bin/busybox'), 0o755)
+        applets = subprocess.run([binary, '--list'], capture_output=True, check=True).stdout.decode().split()
+        for applet in ('init', 'sh', 'ip', 'udhcpc'):
+            if applet not in applets:
+                raise VzError('%s lacks the %s applet the busybox template needs' % (binary, applet))
+        for applet in applets:
+            if applet != 'busybox' and '/' not in applet:
+                os.symlink('busybox', os.path.join(rootfs, 'bin', applet))
+        for applet in ('init', 'halt', 'poweroff', 'reboot'):
+            os.symlink('../bin/busybox', os.path.join(rootfs, 'sbin', applet))
+        files = {
+            'etc/inittab': (_INITTAB, 0o644),
+            'etc/init.d/rcS': (_RCS, 0o755),
+            'usr/share/udhcpc/default.script': (_UDHCPC, 0o755),
+            'etc/passwd': ('root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
+                           0o644),
+            'etc/group': ('root:x:0:\nnogroup:x:65534:\n', 0o644),
+            'etc/shadow': ('root:*:19000:0:99999:7:::\n', 0o600),
+            'etc/hosts': ('127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', 0o644),
+            'etc/resolv.conf': ('', 0o644),
+            'etc/os-release': ('NAME="osvirt busybox"\nID=busybox\nPRETTY_NAME="osvirt.vz busybox template"\n',
+                               0o644),
+        }
+        for rel, (content, mode) in files.items():
+            path = os.path.join(rootfs, rel)
+            with open(path, 'w', encoding='utf-8') as handle:
+                handle.write(content)
+            os.chmod(path, mode)
+        return {
+            'os': 'busybox',
+            'packages': [{'name': 'busybox-static', 'version': _dpkg_version('busybox-static')}],
+            'init': dict(BUSYBOX_INIT),
+        }
+
+    # -- removal --------------------------------------------------------------------------
+    def remove_version(self, name, version):
+        """Unpublish a version: rename it away first (atomic), then delete the files."""
+        target = self.version_dir(name, version)
+        trash = tempfile.mkdtemp(prefix='trash-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+        os.rename(target, os.path.join(trash, 'v'))
+        remove_tree(trash)
+
+
+def _copy_tree(src, dst):
+    """Copy a tree with owners, modes, links, xattrs; reflinks where the filesystem has them."""
+    proc = subprocess.run(['cp', '-a', '--reflink=auto', '--', src, dst], capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise VzError('copying %s failed: %s' % (src, proc.stderr.decode('utf-8', 'replace').strip()))
+
+
+def _shift_ownership(root, idmap):
+    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits."""
+    def shift(path):
+        st = os.lstat(path)
+        uid = st.st_uid + idmap.uid if st.st_uid < idmap.count else st.st_uid
+        gid = st.st_gid + idmap.gid if st.st_gid < idmap.count else st.st_gid
+        os.lchown(path, uid, gid)
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared them
+    shift(root)
+    for current, dirnames, filenames in os.walk(root):
+        for entry in dirnames + filenames:
+            shift(os.path.join(current, entry))
+
+
+def tree_checksum(root):
+    """sha256 over a canonical listing of a tree: paths, types, modes, owners, link targets, contents."""
+    digest = hashlib.sha256()
+    for current, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for entry in sorted(dirnames + filenames):
+            path = os.path.join(current, entry)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            digest.update(('%s\0%o\0%d\0%d\0' % (rel, st.st_mode, st.st_uid, st.st_gid)).encode('utf-8', 'surrogateescape'))
+            if stat.S_ISLNK(st.st_mode):
+                digest.update(os.readlink(path).encode('utf-8', 'surrogateescape'))
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, 'rb') as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b''):
+                        digest.update(chunk)
+            digest.update(b'\n')
+    return digest.hexdigest()
+
+
+def _elf_interpreter(path):
+    """True when the ELF file at ``path`` asks for a dynamic loader (PT_INTERP)."""
+    with open(path, 'rb') as handle:
+        head = handle.read(64)
+        if head[:4] != b'\x7fELF' or head[4] != 2:
+            return False
+        phoff = int.from_bytes(head[32:40], 'little')
+        phentsize = int.from_bytes(head[54:56], 'little')
+        phnum = int.from_bytes(head[56:58], 'little')
+        handle.seek(phoff)
+        table = handle.read(phentsize * phnum)
+    return any(int.from_bytes(table[i * phentsize:i * phentsize + 4], 'little') == 3 for i in range(phnum))
+
+
+def _dpkg_version(package):
+    try:
+        proc = subprocess.run(['dpkg-query', '-W', '-f=${Version}', package], capture_output=True, check=False)
+    except FileNotFoundError:
+        return None
+    return proc.stdout.decode().strip() or None

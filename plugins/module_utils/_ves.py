@@ -1,0 +1,597 @@
+# Copyright (c) osvirt developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""VEs on one host: their metadata, LXC config, lifecycle and the plan that gets them there.
+
+PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
+
+A VE lives in ``<vz_root>/ves/<name>/``::
+
+    config          LXC config (lxcpath is <vz_root>/ves, so plain lxc-* tools see the VE)
+    ve.json         our metadata: template@version, hostname, network, mounts, created, owner
+    private/upper   the VE's own copy-on-write layer (overlay upper dir)
+    private/work    overlay work dir
+    lxc.log         LXC's error log of the last start
+
+Its root file system is overlay(lower = template layers, upper = private/upper), mounted by LXC
+inside the VE's mount namespace: creating a VE copies no template file.
+
+The module front end calls ``VeManager.ensure(specs)``; everything else here is the means:
+``plan_transitions`` (pure, unit-tested) decides the steps, ``VeManager`` runs them under a
+per-VE lock and rolls a new VE back if its first start fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import _validate
+from ._cgroups import CgroupTree
+from ._engine.config import LxcConfig
+from ._errors import VzError
+from ._fs import disk_usage, read_json, remove_tree, write_json
+from ._locks import Lock
+from ._templates import TemplateStore
+
+STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
+META_SCHEMA = 1
+
+# Keys of the LXC config that the collection writes; every other key is kept untouched.
+OWNED_PREFIXES = (
+    'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
+    'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
+    'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
+    'lxc.include',
+)
+
+# Security defaults of every VE (DESIGN.md section 7). Device rules follow LXC's common.conf.
+DROPPED_CAPABILITIES = 'mac_admin mac_override sys_module sys_rawio sys_time'
+SECCOMP_PROFILE = '/usr/share/lxc/config/common.seccomp'
+_DEVICES = ('c *:* m', 'b *:* m', 'c 1:3 rwm', 'c 1:5 rwm', 'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm',
+            'c 5:0 rwm', 'c 5:1 rwm', 'c 5:2 rwm', 'c 136:* rwm', 'c 10:229 rwm')
+
+# What a new VE gets for options the task leaves out.
+SPEC_DEFAULTS = {
+    'hostname': None,          # the VE name
+    'autostart': False,
+    'mounts': [],
+    'network': [],
+    'privileged': False,
+    'owner': None,
+}
+SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS)
+
+
+def is_owned(key):
+    """True for the LXC config keys the collection manages."""
+    return key.startswith(OWNED_PREFIXES)
+
+
+# -- planning ----------------------------------------------------------------------------------
+_PATHS = {
+    # (current, desired) -> steps; 'absent' current means the VE does not exist
+    'present': {'absent': ['create'], 'stopped': [], 'running': [], 'frozen': []},
+    'started': {'absent': ['create', 'start'], 'stopped': ['start'], 'running': [], 'frozen': ['unfreeze']},
+    'stopped': {'absent': ['create'], 'stopped': [], 'running': ['stop'], 'frozen': ['unfreeze', 'stop']},
+    'restarted': {'absent': ['create', 'start'], 'stopped': ['start'], 'running': ['stop', 'start'],
+                  'frozen': ['unfreeze', 'stop', 'start']},
+    'frozen': {'absent': ['create', 'start', 'freeze'], 'stopped': ['start', 'freeze'],
+               'running': ['freeze'], 'frozen': []},
+    'absent': {'absent': [], 'stopped': ['destroy'], 'running': ['stop', 'destroy'],
+               'frozen': ['unfreeze', 'stop', 'destroy']},
+}
+
+
+def plan_transitions(current, desired, config_changed=False, restart=False):
+    """Steps that take a VE from ``current`` to ``desired`` state.
+
+    ``current`` is one of absent/stopped/running/frozen. ``config_changed`` means the LXC config
+    is rewritten (step 'configure'); a running VE only sees such a change after a restart, which
+    happens when ``restart`` is true or the desired state is 'restarted'. Returns
+    ``(steps, restart_required)``.
+    """
+    if desired not in _PATHS:
+        raise VzError('invalid state %r: use one of %s' % (desired, ', '.join(STATES)))
+    if current not in _PATHS[desired]:
+        raise VzError('cannot plan from VE state %r' % current)
+    steps = list(_PATHS[desired][current])
+    restart_required = False
+    if config_changed and current != 'absent' and desired != 'absent':
+        steps.insert(0, 'configure')
+        live = current in ('running', 'frozen') and 'stop' not in steps
+        if live and desired in ('started', 'frozen', 'present'):
+            if restart:
+                prefix = ['unfreeze'] if current == 'frozen' else []
+                tail = ['freeze'] if (desired == 'frozen' or (desired == 'present' and current == 'frozen')) else []
+                steps = ['configure'] + prefix + ['stop', 'start'] + tail
+            else:
+                restart_required = True
+    return steps, restart_required
+
+
+# -- metadata and config -----------------------------------------------------------------------
+def derived_hwaddr(ve, ifname):
+    """A stable, locally administered MAC from the VE and interface names (same on every host)."""
+    digest = hashlib.sha256(('osvirt.vz:%s:%s' % (ve, ifname)).encode()).digest()
+    return '02:' + ':'.join('%02x' % b for b in digest[:5])
+
+
+def host_link_name(ve, index):
+    """Host-side name of a VE's veth: 'vz' + 8 hex digits of the VE name + interface index."""
+    return 'vz%s%d' % (hashlib.sha1(ve.encode()).hexdigest()[:8], index)
+
+
+def normalize_network(ve, network, host):
+    """Validate the interfaces of a VE and fill in their defaults."""
+    result, names = [], set()
+    for index, iface in enumerate(network or []):
+        if not isinstance(iface, dict):
+            raise VzError('VE %s: each network interface must be a dict' % ve)
+        name = _validate.ifname(iface.get('name') or 'eth%d' % index, 'interface name of VE %s' % ve)
+        if name in names:
+            raise VzError('VE %s: interface name %s is used twice' % (ve, name))
+        names.add(name)
+        mode = iface.get('mode') or 'bridged'
+        if mode != 'bridged':
+            raise VzError('VE %s interface %s: mode %r is not supported (supported: bridged)' % (ve, name, mode))
+        bridge = _validate.ifname(iface.get('bridge') or host.bridge, 'bridge name')
+        addresses = [_validate.ipv4_interface(a, 'VE %s interface %s address' % (ve, name))
+                     for a in (iface.get('ipv4') or [])]
+        gateway = iface.get('gateway4')
+        if gateway:
+            gw = _validate.ipv4_address(gateway, 'VE %s interface %s gateway4' % (ve, name))
+            if not any(gw in a.network for a in addresses):
+                raise VzError('VE %s interface %s: gateway4 %s is not in the subnet of any of its addresses'
+                              % (ve, name, gateway))
+            gateway = str(gw)
+        mtu = iface.get('mtu')
+        if mtu is not None and not (576 <= int(mtu) <= 65535):
+            raise VzError('VE %s interface %s: mtu %s is out of range 576-65535' % (ve, name, mtu))
+        result.append({
+            'name': name,
+            'mode': mode,
+            'bridge': bridge,
+            'ipv4': [str(a) for a in addresses],
+            'gateway4': gateway or None,
+            'hwaddr': _validate.hwaddr(iface['hwaddr']) if iface.get('hwaddr') else derived_hwaddr(ve, name),
+            'mtu': int(mtu) if mtu is not None else None,
+            'host_link': host_link_name(ve, index),
+        })
+    return result
+
+
+def normalize_mounts(ve, mounts, host):
+    """Validate bind mounts (host path -> VE path) and fill in their defaults."""
+    result, targets = [], set()
+    for mount in mounts or []:
+        if not isinstance(mount, dict) or not mount.get('source') or not mount.get('target'):
+            raise VzError('VE %s: each mount needs a source (host path) and a target (VE path)' % ve)
+        source = _validate.host_path(mount['source'], 'VE %s mount source' % ve, forbidden_root=host.vz_root)
+        target = '/' + _validate.ve_path(mount['target'], 'VE %s mount target' % ve)
+        if target in targets:
+            raise VzError('VE %s: mount target %s is used twice' % (ve, target))
+        targets.add(target)
+        result.append({'source': source, 'target': target, 'readonly': bool(mount.get('readonly'))})
+    return result
+
+
+def render_config(host, meta, lower_dirs, init):
+    """The owned LXC config entries of a VE, as (key, value) pairs in a fixed order."""
+    name = meta['name']
+    directory = host.ve_dir(name)
+    upper = os.path.join(directory, 'private', 'upper')
+    items = [
+        ('lxc.uts.name', meta.get('hostname') or name),
+        ('lxc.rootfs.path', 'overlay:' + ':'.join(list(lower_dirs) + [upper])),
+    ]
+    idmap = meta.get('idmap')
+    if idmap:
+        items += [('lxc.idmap', 'u 0 %d %d' % (idmap['uid'], idmap['count'])),
+                  ('lxc.idmap', 'g 0 %d %d' % (idmap['gid'], idmap['count']))]
+    items += [
+        ('lxc.mount.auto', 'proc:mixed sys:mixed cgroup:mixed'),
+        ('lxc.cap.drop', DROPPED_CAPABILITIES),
+        ('lxc.seccomp.profile', SECCOMP_PROFILE),
+        ('lxc.tty.max', '4'),
+        ('lxc.pty.max', '1024'),
+    ]
+    if meta.get('apparmor'):
+        items += [('lxc.apparmor.profile', 'generated'), ('lxc.apparmor.allow_nesting', '0')]
+    items += [('lxc.cgroup.devices.deny', 'a')] + [('lxc.cgroup.devices.allow', d) for d in _DEVICES]
+    items += [('lxc.cgroup2.devices.deny', 'a')] + [('lxc.cgroup2.devices.allow', d) for d in _DEVICES]
+    parent = meta['cgroup_parent']
+    items += [
+        ('lxc.cgroup.dir.container', '%s/%s' % (parent, name)),
+        ('lxc.cgroup.dir.monitor', '%s.monitor/%s' % (parent, name)),
+        ('lxc.signal.halt', init.get('halt_signal', 'SIGPWR')),
+        ('lxc.signal.reboot', init.get('reboot_signal', 'SIGINT')),
+        ('lxc.start.auto', '1' if meta.get('autostart') else '0'),
+        ('lxc.log.file', os.path.join(directory, 'lxc.log')),
+        ('lxc.log.level', 'ERROR'),
+    ]
+    network = meta.get('network') or []
+    if not network:
+        items.append(('lxc.net.0.type', 'empty'))
+    for index, iface in enumerate(network):
+        prefix = 'lxc.net.%d.' % index
+        items += [(prefix + 'type', 'veth'), (prefix + 'link', iface['bridge']),
+                  (prefix + 'veth.pair', iface['host_link']), (prefix + 'name', iface['name']),
+                  (prefix + 'hwaddr', iface['hwaddr']), (prefix + 'flags', 'up')]
+        if iface.get('mtu'):
+            items.append((prefix + 'mtu', str(iface['mtu'])))
+        items += [(prefix + 'ipv4.address', a) for a in iface.get('ipv4') or []]
+        if iface.get('gateway4'):
+            items.append((prefix + 'ipv4.gateway', iface['gateway4']))
+    for mount in meta.get('mounts') or []:
+        options = 'bind,create=%s%s' % ('dir' if os.path.isdir(mount['source']) else 'file',
+                                        ',ro' if mount['readonly'] else '')
+        items.append(('lxc.mount.entry', '%s %s none %s 0 0' % (mount['source'], mount['target'].lstrip('/'),
+                                                                options)))
+    return items
+
+
+def public_view(meta, state, pid=None):
+    """The VE as modules return it."""
+    ips = []
+    for iface in meta.get('network') or []:
+        ips += [a.split('/')[0] for a in iface.get('ipv4') or []]
+    return {
+        'name': meta['name'],
+        'state': state,
+        'template': meta.get('template'),
+        'hostname': meta.get('hostname') or meta['name'],
+        'ips': ips,
+        'pid': pid,
+        'autostart': bool(meta.get('autostart')),
+        'privileged': bool(meta.get('privileged')),
+        'owner': meta.get('owner'),
+        'created': meta.get('created'),
+    }
+
+
+def spec_view(meta):
+    """The part of the metadata that a task can ask for; used for --diff."""
+    return {k: meta.get(k) for k in SPEC_KEYS if k in meta}
+
+
+# -- the manager -------------------------------------------------------------------------------
+class VeManager:
+    """Brings VEs of one host to the state tasks ask for."""
+
+    def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4):
+        self.host = host
+        self.client = client
+        self.check_mode = check_mode
+        self.lock_timeout = lock_timeout
+        self.stop_timeout = stop_timeout
+        self.workers = workers
+        self.templates = TemplateStore(host)
+        self.cgroups = CgroupTree()
+
+    # -- reading --------------------------------------------------------------------------
+    def read_meta(self, name):
+        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
+        directory = self.host.ve_dir(name)
+        if not os.path.lexists(directory):
+            return None
+        if os.path.islink(directory) or not os.path.isdir(directory):
+            raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
+        meta = read_json(os.path.join(directory, 've.json'))
+        if not isinstance(meta, dict):
+            raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
+        return meta
+
+    def names(self):
+        """Names of every VE directory with a ve.json, sorted."""
+        try:
+            entries = os.listdir(self.host.ves_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in entries if _validate.VE_NAME_RE.fullmatch(n)
+                      and os.path.isfile(os.path.join(self.host.ves_dir, n, 've.json')))
+
+    def states(self):
+        """State and pid of every VE in one lxc-ls call; {} when the lxcpath does not exist yet."""
+        if not os.path.isdir(self.host.ves_dir):
+            return {}
+        return self.client.list()
+
+    # -- desired state --------------------------------------------------------------------
+    def desired_meta(self, spec, meta):
+        """Merge a task's options into the VE's metadata; returns (new meta, template manifest)."""
+        name = spec['name']
+        current = dict(meta or {})
+        new = dict(current) if meta else {'name': name, 'schema': META_SCHEMA}
+        for key, default in SPEC_DEFAULTS.items():
+            if spec.get(key) is not None:
+                new[key] = spec[key]
+            elif key not in new:
+                new[key] = default
+        new['network'] = normalize_network(name, new['network'], self.host)
+        new['mounts'] = normalize_mounts(name, new['mounts'], self.host)
+        if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
+                all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
+            raise VzError('VE %s: invalid hostname %r' % (name, new['hostname']))
+        if meta and bool(meta.get('privileged')) != bool(new['privileged']):
+            raise VzError('VE %s: privileged cannot change on an existing VE (its files are owned by other '
+                          'ids); create a new VE instead' % name)
+        # template: name alone keeps the version a VE has; name@version asks for that version
+        wanted = spec.get('template')
+        if wanted is None and not meta:
+            raise VzError('VE %s does not exist: template is required to create it' % name)
+        if wanted is None:
+            manifest = self.templates.manifest(*_validate.template_ref(current['template']))
+        else:
+            tname, tversion = _validate.template_ref(wanted)
+            if meta:
+                cname, cversion = _validate.template_ref(current['template'])
+                if tname != cname:
+                    raise VzError('VE %s is built on template %s; it cannot move to template %s (create a '
+                                  'new VE instead)' % (name, cname, tname))
+                manifest = self.templates.resolve('%s@%s' % (tname, tversion or cversion))
+            else:
+                manifest = self.templates.resolve(wanted)
+        new['template'] = '%s@%s' % (manifest['name'], manifest['version'])
+        new['layers'] = ['%s@%s' % (m['name'], m['version']) for m in self.templates.layers(manifest)]
+        new['cgroup_parent'] = current.get('cgroup_parent') if meta else self.host.cgroup_parent
+        if not meta:
+            new['idmap'] = None if new['privileged'] else dict(self.host.idmap()._asdict())
+            new['apparmor'] = self.host.apparmor_enabled()
+            new['created'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        for iface in new['network']:
+            if not self.host.bridge_exists(iface['bridge']):
+                raise VzError('VE %s interface %s: bridge %s does not exist on this host (the osvirt.vz.host '
+                              'role creates %s)' % (name, iface['name'], iface['bridge'], self.host.bridge))
+        return new, manifest
+
+    def desired_config(self, meta, manifest, create=False):
+        idmap = self.host.idmap() if meta.get('idmap') else None
+        if idmap is not None and (idmap.uid, idmap.gid) != (meta['idmap']['uid'], meta['idmap']['gid']):
+            raise VzError('VE %s was made for ids %d/%d but the host now maps %d/%d'
+                          % (meta['name'], meta['idmap']['uid'], meta['idmap']['gid'], idmap.uid, idmap.gid))
+        lowers = self.templates.lower_dirs(manifest, idmap, create=create)
+        return render_config(self.host, meta, lowers, manifest.get('init') or {})
+
+    # -- the whole job --------------------------------------------------------------------
+    def ensure(self, specs, restart=False):
+        """Bring every VE of ``specs`` (dicts with name, state and options) to its state.
+
+        Everything is validated before anything changes. Returns a list of per-VE results, each
+        with ``ve`` (public view), ``changed``, ``actions``, ``restart_required``, ``warnings``,
+        ``diff`` and ``error`` (None, or the message when that VE failed).
+        """
+        names = [_validate.ve_name(s.get('name')) for s in specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise VzError('VE %s is listed more than once in one task' % ', '.join(duplicates))
+        if not self.check_mode:
+            self.host.ensure_layout()
+        locks = []
+        try:
+            if not self.check_mode:
+                for name in sorted(names):
+                    op = next('%s (state=%s)' % (name, s.get('state')) for s in specs if s['name'] == name)
+                    locks.append(Lock(self.host.locks_dir, 've', name, 'osvirt.vz.ve ' + op,
+                                      self.lock_timeout).acquire())
+            states = self.states()
+            plans = [self._plan(spec, states.get(spec['name']), restart) for spec in specs]
+            if self.check_mode:
+                return [self._predict(plan) for plan in plans]
+            if len(plans) == 1:
+                results = [self._execute(plans[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(plans)))) as pool:
+                    results = list(pool.map(self._execute, plans))
+            started = [r for r in results if r['ve']['state'] in ('running', 'frozen') and
+                       r['ve']['pid'] is None]
+            if started:
+                final = self.states() if len(started) > 1 else {
+                    started[0]['ve']['name']: self.client.state(started[0]['ve']['name'])}
+                for result in started:
+                    result['ve']['pid'] = (final.get(result['ve']['name']) or {}).get('pid')
+            return results
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _plan(self, spec, listed, restart):
+        name = spec['name']
+        desired_state = spec.get('state') or 'started'
+        meta = self.read_meta(name)
+        if meta is None:
+            current = 'absent'
+        else:
+            current = (listed or {}).get('state', 'stopped')
+            if current in ('starting', 'stopping'):
+                self.client.wait(name, ['RUNNING', 'STOPPED', 'FROZEN'], timeout=self.stop_timeout)
+                current = self.client.state(name)['state']
+        plan = {'spec': spec, 'name': name, 'meta': meta, 'current': current, 'desired': desired_state,
+                'pid': (listed or {}).get('pid')}
+        if desired_state == 'absent':
+            plan['new_meta'], plan['manifest'], plan['config'] = meta, None, None
+            plan['steps'], plan['restart_required'] = plan_transitions(current, 'absent')
+            return plan
+        new_meta, manifest = self.desired_meta(spec, meta)
+        config = self.desired_config(new_meta, manifest, create=False)
+        config_changed = meta_changed = False
+        if meta is not None:
+            on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config'))
+            config_changed = sorted(on_disk.owned_items(is_owned)) != sorted(config)
+            meta_changed = spec_view(meta) != spec_view(new_meta)
+        plan.update(new_meta=new_meta, manifest=manifest, config=config)
+        steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart)
+        if meta_changed and 'configure' not in steps:
+            steps.insert(0, 'configure')   # metadata only (e.g. owner): nothing to restart for
+        plan['steps'] = steps
+        return plan
+
+    def _predict(self, plan):
+        """What a check-mode run reports: the plan, with nothing done."""
+        state = _final_state(plan['current'], plan['steps'])
+        meta = plan['new_meta'] or plan['meta'] or {'name': plan['name']}
+        return self._result(plan, meta, state, plan['pid'] if state == plan['current'] else None,
+                            ['%s %s' % (step, plan['name']) for step in plan['steps']])
+
+    def _result(self, plan, meta, state, pid, actions, error=None):
+        before = spec_view(plan['meta']) if plan['meta'] else {}
+        before['state'] = plan['current']
+        after = spec_view(meta) if state != 'absent' else {}
+        after['state'] = state
+        warnings = []
+        if meta.get('privileged') and state != 'absent':
+            warnings.append('VE %s is privileged: root inside it is root on the host' % plan['name'])
+        return {
+            've': public_view(meta, state, pid) if state != 'absent' else {'name': plan['name'], 'state': 'absent'},
+            'changed': bool(actions),
+            'actions': actions,
+            'restart_required': plan['restart_required'],
+            'warnings': warnings,
+            'diff': {'before': before, 'after': after},
+            'error': error,
+        }
+
+    def _execute(self, plan):
+        name, done = plan['name'], []
+        state, pid = plan['current'], plan['pid']
+        created = False
+        try:
+            for step in plan['steps']:
+                getattr(self, '_step_' + step)(plan)
+                done.append('%s %s' % (step, name))
+                created = created or step == 'create'
+                state = _final_state(state, [step])
+                if state != plan['current'] or step in ('start', 'stop'):
+                    pid = None
+        except Exception as exc:  # roll back a VE this run created, then report
+            message = str(exc)
+            if created:
+                try:
+                    self._step_destroy(plan)
+                    done.append('roll back %s' % name)
+                    state = 'absent'
+                except Exception as rollback:  # pragma: no cover - best effort, reported
+                    message += '; rolling back the new VE failed too: %s' % rollback
+            else:
+                state = self.client.state(name)['state'] if plan['meta'] else 'absent'
+            details = getattr(exc, 'details', {}) or {}
+            result = self._result(plan, plan['new_meta'] or plan['meta'] or {'name': name}, state, None, done,
+                                  error=message)
+            result['error_details'] = {k: v for k, v in details.items() if k in ('cmd', 'rc', 'stdout', 'stderr')}
+            return result
+        meta = plan['new_meta'] or plan['meta'] or {'name': name}
+        return self._result(plan, meta, state, pid, done)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _step_create(self, plan):
+        """Write the VE's directory in .tmp and publish it by rename: never half-registered."""
+        name, meta = plan['name'], plan['new_meta']
+        config = self.desired_config(meta, plan['manifest'], create=True)
+        staging = tempfile.mkdtemp(prefix='ve-%s-' % name, dir=self.host.tmp_dir)
+        try:
+            os.chmod(staging, 0o711)
+            private = os.path.join(staging, 'private')
+            for path in (private, os.path.join(private, 'upper'), os.path.join(private, 'work')):
+                os.mkdir(path, 0o755 if path != private else 0o711)
+                if meta.get('idmap'):
+                    os.chown(path, meta['idmap']['uid'], meta['idmap']['gid'])
+            cfg = LxcConfig()
+            cfg.replace_owned(is_owned, config)
+            cfg.save(os.path.join(staging, 'config'))
+            write_json(os.path.join(staging, 've.json'), meta)
+            os.rename(staging, self.host.ve_dir(name))
+        except BaseException:
+            remove_tree(staging)
+            raise
+
+    def _step_configure(self, plan):
+        name = plan['name']
+        directory = self.host.ve_dir(name)
+        config = self.desired_config(plan['new_meta'], plan['manifest'], create=True)
+        cfg = LxcConfig.load(os.path.join(directory, 'config'))
+        cfg.replace_owned(is_owned, config)
+        cfg.save(os.path.join(directory, 'config'))
+        write_json(os.path.join(directory, 've.json'), plan['new_meta'])
+
+    def _step_start(self, plan):
+        name = plan['name']
+        meta = plan['new_meta'] or plan['meta']
+        if plan['manifest'] is not None:   # the shifted template copy may not exist yet on this host
+            self.desired_config(meta, plan['manifest'], create=True)
+        try:
+            self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
+        except OSError as exc:
+            raise VzError('VE %s is stopped but its cgroup still holds processes: %s' % (name, exc))
+        log = os.path.join(self.host.ve_dir(name), 'lxc.log')
+        try:
+            self.client.start(name, logfile=log)
+        except VzError as exc:
+            tail = _tail(log)
+            raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
+
+    def _step_stop(self, plan):
+        self.client.stop(plan['name'], self.stop_timeout)
+
+    def _step_freeze(self, plan):
+        self.client.freeze(plan['name'])
+
+    def _step_unfreeze(self, plan):
+        self.client.unfreeze(plan['name'])
+
+    def _step_destroy(self, plan):
+        """Remove the VE: rename its directory away first (atomic), then delete it without following links."""
+        name = plan['name']
+        directory = self.host.ve_dir(name)
+        trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
+        os.rename(directory, os.path.join(trash, name))
+        remove_tree(trash)
+        meta = plan['meta'] or plan['new_meta'] or {}
+        try:
+            self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
+        except OSError:
+            pass  # a cgroup LXC still tears down is no reason to report the removal as failed
+
+    # -- info -----------------------------------------------------------------------------
+    def info(self, names=None, states=None, usage=True):
+        """Every VE (or those named / in ``states``) with state, template, ips, pid, usage."""
+        listed = self.states()
+        wanted = set(names) if names else None
+        result = []
+        for name in self.names():
+            if wanted is not None and name not in wanted:
+                continue
+            meta = self.read_meta(name)
+            entry = listed.get(name) or {'state': 'stopped', 'pid': None}
+            if states and entry['state'] not in states:
+                continue
+            view = public_view(meta, entry['state'], entry['pid'])
+            tname, _sep, version = (meta.get('template') or '').partition('@')
+            view.update({'template_name': tname, 'template_version': version or None,
+                         'layers': meta.get('layers') or [], 'network': meta.get('network') or [],
+                         'mounts': meta.get('mounts') or [], 'cgroup_parent': meta.get('cgroup_parent')})
+            if usage:
+                view['memory_bytes'] = (self.cgroups.memory_usage(meta.get('cgroup_parent') or
+                                                                  self.host.cgroup_parent, name)
+                                        if entry['state'] in ('running', 'frozen') else 0)
+                view['private_bytes'] = disk_usage(os.path.join(self.host.ve_dir(name), 'private'))
+            result.append(view)
+        return result
+
+
+def _final_state(state, steps):
+    after = {'create': 'stopped', 'start': 'running', 'stop': 'stopped', 'freeze': 'frozen',
+             'unfreeze': 'running', 'destroy': 'absent'}
+    for step in steps:
+        state = after.get(step, state)
+    return state
+
+
+def _tail(path, lines=5):
+    try:
+        with open(path, 'r', encoding='utf-8', errors='replace') as handle:
+            text = handle.read()[-4000:]
+    except OSError:
+        return ''
+    return ' | '.join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

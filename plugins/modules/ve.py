@@ -1,0 +1,350 @@
+#!/usr/bin/python
+# Copyright (c) osvirt developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: ve
+short_description: Manage Virtual Environments (system containers) on an LXC host
+version_added: 0.1.0
+description:
+  - Creates, starts, stops, restarts, freezes and removes Virtual Environments (VEs) on the target host.
+  - A VE's root file system is an overlay of a shared, immutable template version (lower) and the VE's
+    own private area (upper); creating a VE copies no template file.
+  - VEs are unprivileged by default, with an id map from C(/etc/subuid) and C(/etc/subgid), LXC's default
+    seccomp policy, dropped capabilities and mixed C(proc), C(sys) and C(cgroup) mounts.
+  - One task can ensure many VEs with O(ves); the task's other options are the defaults of each item.
+    That costs one module run for all of them.
+  - Options left out keep what an existing VE has; for a new VE they take the defaults named below.
+author: osvirt developers
+extends_documentation_fragment:
+  - osvirt.vz._common
+  - osvirt.vz._common.actions
+options:
+  name:
+    description:
+      - Name of the VE, 1-63 lowercase letters, digits and dashes, starting with a letter, not ending with a dash.
+      - Exactly one of O(name) and O(ves) is required.
+    type: str
+  ves:
+    description:
+      - Many VEs in one task. Each item takes the same options as the task; options an item leaves out
+        come from the task.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the VE.
+        type: str
+        required: true
+      state:
+        description: Like O(state).
+        type: str
+        choices: [present, started, stopped, restarted, frozen, absent]
+      template:
+        description: Like O(template).
+        type: str
+      hostname:
+        description: Like O(hostname).
+        type: str
+      autostart:
+        description: Like O(autostart).
+        type: bool
+      mounts:
+        description: Like O(mounts).
+        type: list
+        elements: dict
+        suboptions: &mount_options
+          source:
+            description: Absolute path on the host; must exist and must not be inside O(vz_root).
+            type: str
+            required: true
+          target:
+            description: Absolute path inside the VE; created when missing.
+            type: str
+            required: true
+          readonly:
+            description: Mount read-only.
+            type: bool
+            default: false
+      network:
+        description: Like O(network).
+        type: list
+        elements: dict
+        suboptions: &network_options
+          name:
+            description: Interface name inside the VE; defaults to C(eth<index>).
+            type: str
+          mode:
+            description:
+              - C(bridged) plugs a veth pair into a host bridge.
+            type: str
+            choices: [bridged]
+            default: bridged
+          bridge:
+            description: Host bridge; defaults to C(bridge) of C(<vz_root>/host.json), else C(vzbr0).
+            type: str
+          ipv4:
+            description: Static IPv4 addresses with prefix length, for example V(10.20.0.5/24).
+            type: list
+            elements: str
+          gateway4:
+            description: IPv4 default gateway; must lie in the subnet of one of the addresses.
+            type: str
+          hwaddr:
+            description:
+              - MAC address. By default derived from the VE and interface names, so it stays the same when
+                the VE moves to another host.
+            type: str
+          mtu:
+            description: MTU of the interface (576-65535).
+            type: int
+      privileged:
+        description: Like O(privileged).
+        type: bool
+      owner:
+        description: Like O(owner).
+        type: str
+  state:
+    description:
+      - V(present) makes sure the VE exists (a new one is left stopped) and does not change whether it runs.
+      - V(started), V(stopped) and V(frozen) bring it to that run state, creating it when missing.
+      - V(restarted) stops and starts it (always a change).
+      - V(absent) stops and removes it with its private area; only files under C(<vz_root>/ves/<name>)
+        are removed and symbolic links are never followed.
+    type: str
+    choices: [present, started, stopped, restarted, frozen, absent]
+    default: started
+  template:
+    description:
+      - Template of a new VE, C(name) (the newest version) or C(name@version).
+      - For an existing VE, C(name) keeps the version it has; C(name@version) moves it to that version
+        (the VE must be stopped, or be restarted, see O(restart)).
+      - Required to create a VE.
+    type: str
+  hostname:
+    description: Host name inside the VE; defaults to the VE name.
+    type: str
+  autostart:
+    description:
+      - Start the VE when the host boots (through C(lxc-autostart -P <vz_root>/ves)). New VEs default to V(false).
+    type: bool
+  mounts:
+    description:
+      - Bind mounts from the host into the VE. The list replaces the VE's mounts; V([]) removes them all.
+      - In an unprivileged VE, host files appear owned by C(nobody) unless they belong to the VE's id range.
+    type: list
+    elements: dict
+    suboptions: *mount_options
+  network:
+    description:
+      - Network interfaces of the VE. The list replaces the VE's interfaces. A new VE without this option
+        has only a loopback interface.
+    type: list
+    elements: dict
+    suboptions: *network_options
+  privileged:
+    description:
+      - Run the VE without a user namespace, so root inside is root on the host. Opt-in only; the result
+        carries a warning. Cannot change on an existing VE. New VEs default to V(false).
+    type: bool
+  owner:
+    description: Free-form owner recorded in the VE's metadata (team, ticket, pipeline).
+    type: str
+  restart:
+    description:
+      - When a change of configuration needs a restart of a running VE, restart it now. Otherwise the change
+        is written, applied at the next start, and the result says RV(restart_required).
+    type: bool
+    default: false
+  stop_timeout:
+    description: Seconds a VE's init gets to shut down cleanly before it is killed.
+    type: int
+    default: 30
+  lock_timeout:
+    description: Seconds to wait for another operation on the same VE before failing with "VE x is busy".
+    type: int
+    default: 60
+notes:
+  - Every VE's cgroup is C(<cgroup_parent>/<name>), its LXC monitor's C(<cgroup_parent>.monitor/<name>).
+  - The LXC config is C(<vz_root>/ves/<name>/config); keys the module does not own are kept.
+seealso:
+  - module: osvirt.vz.ve_info
+  - module: osvirt.vz.template
+'''
+
+EXAMPLES = r'''
+- name: Build the tiny template once
+  osvirt.vz.template:
+    name: busybox
+
+- name: One VE on the default bridge with a static address
+  osvirt.vz.ve:
+    name: web1
+    template: busybox
+    network:
+      - name: eth0
+        bridge: vzbr0
+        ipv4: [10.20.0.5/24]
+        gateway4: 10.20.0.1
+
+- name: Bulk form with per-VE options
+  osvirt.vz.ve:
+    template: busybox
+    autostart: true
+    ves:
+      - name: app1
+        network: [{ipv4: [10.20.0.11/24]}]
+      - name: app2
+        network: [{ipv4: [10.20.0.12/24]}]
+      - name: app3
+        state: stopped
+
+- name: Share a host directory read-only
+  osvirt.vz.ve:
+    name: web1
+    mounts:
+      - source: /srv/www
+        target: /var/www
+        readonly: true
+    restart: true
+
+- name: Freeze a VE, then remove it
+  osvirt.vz.ve:
+    name: web1
+    state: "{{ item }}"
+  loop: [frozen, absent]
+'''
+
+RETURN = r'''
+ve:
+  description: The VE, when the task used O(name).
+  returned: when O(name) is used
+  type: dict
+  contains:
+    name:
+      description: VE name.
+      type: str
+    state:
+      description: One of V(running), V(stopped), V(frozen), V(absent).
+      type: str
+    template:
+      description: Template version the VE runs on, C(name@version).
+      type: str
+    ips:
+      description: Configured IPv4 addresses.
+      type: list
+      elements: str
+    pid:
+      description: PID of the VE's init on the host, when running.
+      type: int
+  sample: {name: web1, state: running, template: busybox@20261125-101500, ips: [10.20.0.5], pid: 4242,
+           hostname: web1, autostart: false, privileged: false, owner: null, created: "2026-11-25T10:15:00Z"}
+ves:
+  description: Every VE of the task, in task order, shaped like RV(ve).
+  returned: always
+  type: list
+  elements: dict
+actions:
+  description: What was done (or would be done in check mode), one string per step, for example C(start web1).
+  returned: always
+  type: list
+  elements: str
+  sample: [create web1, start web1]
+restart_required:
+  description: True when a running VE's new configuration waits for a restart.
+  returned: always
+  type: bool
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, client_for, host_from, run
+from ansible_collections.osvirt.vz.plugins.module_utils._ves import STATES, VeManager
+
+MOUNT_OPTIONS = {
+    'source': {'type': 'str', 'required': True},
+    'target': {'type': 'str', 'required': True},
+    'readonly': {'type': 'bool', 'default': False},
+}
+NETWORK_OPTIONS = {
+    'name': {'type': 'str'},
+    'mode': {'type': 'str', 'choices': ['bridged'], 'default': 'bridged'},
+    'bridge': {'type': 'str'},
+    'ipv4': {'type': 'list', 'elements': 'str'},
+    'gateway4': {'type': 'str'},
+    'hwaddr': {'type': 'str'},
+    'mtu': {'type': 'int'},
+}
+VE_OPTIONS = {
+    'template': {'type': 'str'},
+    'hostname': {'type': 'str'},
+    'autostart': {'type': 'bool'},
+    'mounts': {'type': 'list', 'elements': 'dict', 'options': MOUNT_OPTIONS},
+    'network': {'type': 'list', 'elements': 'dict', 'options': NETWORK_OPTIONS},
+    'privileged': {'type': 'bool'},
+    'owner': {'type': 'str'},
+}
+
+
+def argument_spec():
+    item = dict(VE_OPTIONS, name={'type': 'str', 'required': True},
+                state={'type': 'str', 'choices': list(STATES)})
+    spec = dict(VE_OPTIONS, **HOST_ARGS,
+                name={'type': 'str'},
+                ves={'type': 'list', 'elements': 'dict', 'options': item},
+                state={'type': 'str', 'choices': list(STATES), 'default': 'started'},
+                restart={'type': 'bool', 'default': False},
+                stop_timeout={'type': 'int', 'default': 30},
+                lock_timeout={'type': 'int', 'default': 60})
+    return spec
+
+
+def specs_from(params):
+    """One spec per VE: the item's options, else the task's."""
+    keys = list(VE_OPTIONS) + ['state']
+    if params['ves'] is None:
+        return [dict({k: params[k] for k in keys}, name=params['name'])]
+    return [dict({k: item.get(k) if item.get(k) is not None else params[k] for k in keys}, name=item['name'])
+            for item in params['ves']]
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True,
+                           required_one_of=[('name', 'ves')], mutually_exclusive=[('name', 'ves')])
+
+    def job():
+        host = host_from(module)
+        manager = VeManager(host, client_for(host), check_mode=module.check_mode,
+                            lock_timeout=module.params['lock_timeout'], stop_timeout=module.params['stop_timeout'])
+        results = manager.ensure(specs_from(module.params), restart=module.params['restart'])
+        bulk = module.params['ves'] is not None
+        out = {
+            'changed': any(r['changed'] for r in results),
+            'ves': [r['ve'] for r in results],
+            'actions': [a for r in results for a in r['actions']],
+            'restart_required': any(r['restart_required'] for r in results),
+        }
+        if not bulk:
+            out['ve'] = results[0]['ve']
+        if module._diff:
+            if bulk:
+                out['diff'] = {'before': {r['ve']['name']: r['diff']['before'] for r in results},
+                               'after': {r['ve']['name']: r['diff']['after'] for r in results}}
+            else:
+                out['diff'] = results[0]['diff']
+        for warning in sorted({w for r in results for w in r['warnings']}):
+            module.warn(warning)
+        failed = [r for r in results if r['error']]
+        if failed:
+            msg = '; '.join('VE %s: %s' % (r['ve']['name'], r['error']) for r in failed)
+            details = failed[0].get('error_details') or {}
+            module.fail_json(msg=msg, **dict(out, **details))
+        module.exit_json(**out)
+
+    run(module, job)
+
+
+if __name__ == '__main__':
+    main()
