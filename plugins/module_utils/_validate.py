@@ -74,8 +74,9 @@ def vz_root(path):
         raise VzError('vz_root must be an absolute path, got %s' % _show(path))
     if _PATH_FORBIDDEN.search(path):
         raise VzError('vz_root %s contains whitespace, ":", ",", "\\" or control characters' % _show(path))
-    norm = os.path.normpath(path)
-    if norm == '/' or '..' in path.split('/'):
+    parts = [p for p in path.split('/') if p and p != '.']
+    norm = '/' + '/'.join(parts)
+    if norm == '/' or '..' in parts:
         raise VzError('vz_root must be a dedicated directory, not %s' % _show(path))
     return norm
 
