@@ -310,6 +310,7 @@ class PlaybookRunner:
             capture_output=True,
             text=True,
             timeout=timeout,
+            check=False,  # rc is judged below, with the results in the message
         )
         data = _read_results(results_file)
         run = PlaybookRun(
@@ -476,7 +477,7 @@ class Lab:
 def _lab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [str(LAB_SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(
