@@ -23,10 +23,12 @@ operations without reshaping the rest.
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 import traceback
 from dataclasses import dataclass, field
+
+from . import _validate
+from ._errors import VzError
 
 try:
     from pyroute2 import IPRoute
@@ -47,10 +49,6 @@ PYROUTE2_MISSING_MSG = (
     "the Python running this module could not import pyroute2"
 )
 
-# Linux IFNAMSIZ is 16 including the terminating NUL. We allow a conservative character set:
-# the kernel accepts more (anything but '/', ':' and whitespace), but such names break tools.
-IFNAME_MAX = 15
-_IFNAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
 MTU_MIN = 68
 MTU_MAX = 65535
 # A new Linux bridge without ports has this MTU unless told otherwise.
@@ -58,41 +56,25 @@ DEFAULT_BRIDGE_MTU = 1500
 _IFF_UP = 0x1
 
 
-class NetError(Exception):
-    """A bad input or a host state we refuse to change; the message is shown to the user as is."""
+class NetError(VzError):
+    """A host network state we refuse to change, or a step netlink refused; shown as is.
+
+    Bad input raises the collection's ``VzError`` (as ``_validate`` does); catch ``VzError``.
+    """
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation (pure)
 # ---------------------------------------------------------------------------------------------
 
-def validate_ifname(name):
-    """Return ``name`` if it is a usable Linux interface name, else raise ``NetError``.
-
-    Rules: 1-15 characters of ``[a-zA-Z0-9_.-]``, and not ``.`` or ``..``.
-    """
-    if not isinstance(name, str) or not name:
-        raise NetError("interface name must be a non-empty string")
-    if len(name) > IFNAME_MAX:
-        raise NetError(
-            "interface name %r is %d characters long; Linux allows at most %d"
-            % (name, len(name), IFNAME_MAX))
-    if name in (".", ".."):
-        raise NetError("interface name %r is not allowed" % name)
-    if not _IFNAME_RE.match(name):
-        raise NetError(
-            "interface name %r may only contain letters, digits, '_', '.' and '-'" % name)
-    return name
-
-
 def validate_mtu(mtu):
-    """Return ``mtu`` as int (or None when unset); raise ``NetError`` outside 68-65535."""
+    """Return ``mtu`` as int (or None when unset); raise ``VzError`` outside 68-65535."""
     if mtu is None:
         return None
     if isinstance(mtu, bool) or not isinstance(mtu, int):
-        raise NetError("mtu must be an integer, got %r" % (mtu,))
+        raise VzError("mtu must be an integer, got %r" % (mtu,))
     if not MTU_MIN <= mtu <= MTU_MAX:
-        raise NetError("mtu %d is out of range %d-%d" % (mtu, MTU_MIN, MTU_MAX))
+        raise VzError("mtu %d is out of range %d-%d" % (mtu, MTU_MIN, MTU_MAX))
     return mtu
 
 
@@ -103,36 +85,27 @@ def normalize_ipv4(addresses):
     The order of the input is kept (the first address of a subnet becomes the kernel's primary
     address). ``None`` means "do not manage addresses" and is returned unchanged.
 
-    Raises ``NetError`` for: a missing prefix length, a non-IPv4 value, a network or broadcast
+    Raises ``VzError`` for: a missing prefix length, a non-IPv4 value, a network or broadcast
     address used as a host address, loopback/multicast/unspecified addresses, and the same
     address listed twice.
     """
     if addresses is None:
         return None
     if isinstance(addresses, str):
-        raise NetError("ipv4 must be a list of addresses like 10.20.0.1/24, not a string")
+        raise VzError("ipv4 must be a list of addresses like 10.20.0.1/24, not a string")
     result = []
     seen = {}
     for raw in addresses:
-        text = str(raw).strip()
-        if "/" not in text:
-            raise NetError(
-                "ipv4 address %r needs a prefix length, for example %s/24" % (text, text))
-        try:
-            iface = ipaddress.IPv4Interface(text)
-        except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as exc:
-            raise NetError("ipv4 address %r is not a valid IPv4 CIDR address: %s" % (text, exc))
+        # Syntax, prefix length, network and broadcast addresses: the collection-wide rules.
+        iface = _validate.ipv4_interface(raw.strip() if isinstance(raw, str) else raw,
+                                         "ipv4 address")
+        text = iface.with_prefixlen
         ip = iface.ip
-        net = iface.network
         if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address(
                 "255.255.255.255"):
-            raise NetError("ipv4 address %r cannot be assigned to a bridge" % text)
-        if net.prefixlen <= 30 and ip in (net.network_address, net.broadcast_address):
-            raise NetError(
-                "ipv4 address %r is the %s address of %s, not a host address"
-                % (text, "network" if ip == net.network_address else "broadcast", net))
+            raise VzError("ipv4 address %s cannot be assigned to a bridge" % text)
         if ip in seen:
-            raise NetError(
+            raise VzError(
                 "ipv4 address %s is listed twice (%s and %s)" % (ip, seen[ip], iface.with_prefixlen))
         seen[ip] = iface.with_prefixlen
         result.append(iface.with_prefixlen)
@@ -164,7 +137,10 @@ def diff_addresses(current, desired):
 
 @dataclass(frozen=True)
 class BridgeSpec:
-    """What the user asked for. ``ipv4``/``mtu`` of None mean "leave as the kernel has it"."""
+    """What the user asked for. ``ipv4``/``mtu`` of None mean "leave as the kernel has it".
+
+    Names follow ``_validate.ifname``: 1-15 of ``[A-Za-z0-9_.-]``, not ``.`` or ``..``.
+    """
 
     name: str
     state: str = "present"
@@ -173,13 +149,13 @@ class BridgeSpec:
 
     @classmethod
     def from_params(cls, params):
-        """Build a validated spec from module parameters; raise ``NetError`` on bad input."""
+        """Build a validated spec from module parameters; raise ``VzError`` on bad input."""
         state = params.get("state") or "present"
         if state not in ("present", "absent"):
-            raise NetError("state must be present or absent, got %r" % (state,))
+            raise VzError("state must be present or absent, got %r" % (state,))
         ipv4 = normalize_ipv4(params.get("ipv4"))
         return cls(
-            name=validate_ifname(params.get("name")),
+            name=_validate.ifname(params.get("name"), "bridge name"),
             state=state,
             ipv4=None if ipv4 is None else tuple(ipv4),
             mtu=validate_mtu(params.get("mtu")),

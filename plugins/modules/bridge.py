@@ -141,6 +141,7 @@ actions:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.osvirt.vz.plugins.module_utils import _net
+from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 
 
 def main():
@@ -155,14 +156,14 @@ def main():
     )
     try:
         spec = _net.BridgeSpec.from_params(module.params)
-    except _net.NetError as exc:
-        module.fail_json(msg=str(exc))
+    except VzError as exc:
+        module.fail_json(msg=exc.message)
     if not _net.HAS_PYROUTE2:
         module.fail_json(msg=_net.PYROUTE2_MISSING_MSG, exception=_net.PYROUTE2_IMPORT_ERROR)
     try:
         result = _net.ensure_bridge(spec, check_mode=module.check_mode)
-    except _net.NetError as exc:
-        module.fail_json(msg=str(exc))
+    except VzError as exc:
+        module.fail_json(msg=exc.message)
     diff = result.pop("diff")
     if module._diff:
         result["diff"] = diff

@@ -197,11 +197,11 @@ def test_four_steps_then_change_then_absent(netns, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     ({"name": "vzbr-name-too-long", "ipv4": ["10.20.0.1/24"]},
-     "interface name 'vzbr-name-too-long' is 18 characters long; Linux allows at most 15"),
+     "invalid bridge name 'vzbr-name-too-long': use 1-15 letters, digits"),
     ({"name": "vzbr0", "ipv4": ["10.20.0.1/24", "10.20.0.300/24"]},
-     "ipv4 address '10.20.0.300/24' is not a valid IPv4 CIDR address"),
+     "ipv4 address '10.20.0.300/24' is not a valid IPv4 address"),
     ({"name": "vzbr0", "ipv4": ["10.20.0.1"]},
-     "ipv4 address '10.20.0.1' needs a prefix length, for example 10.20.0.1/24"),
+     "ipv4 address '10.20.0.1' must be an IPv4 address with a prefix length"),
     ({"name": "vzbr0", "mtu": 40}, "mtu 40 is out of range 68-65535"),
     ({"name": "lo", "state": "absent"},
      "interface lo exists but is not a bridge (link kind: none"),
