@@ -378,7 +378,7 @@ def ensure_bridge(spec, check_mode=False, netlink=None):
                 # Add addresses after all removals, against a fresh read: deleting a primary
                 # address also deletes the secondaries of its subnet (unless the sysctl
                 # promote_secondaries is set), so a wanted address may have gone with it.
-                missing, _ = diff_addresses(nl.read_bridge(spec.name).ipv4, list(spec.ipv4))
+                missing = diff_addresses(nl.read_bridge(spec.name).ipv4, list(spec.ipv4))[0]
                 for addr in missing:
                     change = Change("add_ipv4", spec.name, addr)
                     nl.apply(change)
