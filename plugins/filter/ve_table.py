@@ -7,7 +7,7 @@ DOCUMENTATION = r'''
 name: ve_table
 short_description: Format VEs from osvirt.vz.ve_info or osvirt.vz.ve as table rows
 version_added: 0.1.0
-author: osvirt developers
+author: osvirt developers (!UNKNOWN)
 description:
   - Turns a list of VE dicts into a list of aligned text lines, a header first, for M(ansible.builtin.debug).
 options:

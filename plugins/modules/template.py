@@ -15,7 +15,7 @@ description:
     C(<vz_root>/.tmp) and published by one rename, with a C(manifest.json) (parent, os, arch, packages,
     created, checksum, size).
   - V(present) builds the template when the host has no version of it; O(rebuild) builds a new version anyway.
-author: osvirt developers
+author: osvirt developers (!UNKNOWN)
 extends_documentation_fragment:
   - osvirt.vz._common
   - osvirt.vz._common.actions

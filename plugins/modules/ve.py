@@ -17,7 +17,7 @@ description:
   - One task can ensure many VEs with O(ves); the task's other options are the defaults of each item.
     That costs one module run for all of them.
   - Options left out keep what an existing VE has; for a new VE they take the defaults named below.
-author: osvirt developers
+author: osvirt developers (!UNKNOWN)
 extends_documentation_fragment:
   - osvirt.vz._common
   - osvirt.vz._common.actions

@@ -11,7 +11,7 @@ version_added: 0.1.0
 description:
   - Reports every VE of the host, or those named or in the given states.
   - One C(lxc-ls) call serves all VEs; the rest is read from files, so the module stays fast with hundreds of VEs.
-author: osvirt developers
+author: osvirt developers (!UNKNOWN)
 extends_documentation_fragment:
   - osvirt.vz._common
   - osvirt.vz._common.info
