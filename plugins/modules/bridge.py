@@ -20,7 +20,7 @@ description:
   - The bridge is not persisted across reboots by this module; run it (or the host role) at boot,
     or configure the bridge in the host's network configuration as well.
 author:
-  - osvirt developers
+  - osvirt developers (!UNKNOWN)
 requirements:
   - python3-pyroute2 (pyroute2 0.7 or newer) on the managed host.
   - Root privileges (CAP_NET_ADMIN) on the managed host.
