@@ -80,8 +80,9 @@ _PATHS = {
                   'frozen': ['unfreeze', 'stop', 'start']},
     'frozen': {'absent': ['create', 'start', 'freeze'], 'stopped': ['start', 'freeze'],
                'running': ['freeze'], 'frozen': []},
-    'absent': {'absent': [], 'stopped': ['destroy'], 'running': ['stop', 'destroy'],
-               'frozen': ['unfreeze', 'stop', 'destroy']},
+    # a VE that is removed gets no clean shutdown: its private area is deleted next anyway
+    'absent': {'absent': [], 'stopped': ['destroy'], 'running': ['kill', 'destroy'],
+               'frozen': ['unfreeze', 'kill', 'destroy']},
 }
 
 
@@ -463,7 +464,7 @@ class VeManager:
                 done.append('%s %s' % (step, name))
                 created = created or step == 'create'
                 state = _final_state(state, [step])
-                if state != plan['current'] or step in ('start', 'stop'):
+                if state != plan['current'] or step in ('start', 'stop', 'kill'):
                     pid = None
         except Exception as exc:  # roll back a VE this run created, then report
             message = str(exc)
@@ -534,6 +535,9 @@ class VeManager:
     def _step_stop(self, plan):
         self.client.stop(plan['name'], self.stop_timeout)
 
+    def _step_kill(self, plan):
+        self.client.kill(plan['name'])
+
     def _step_freeze(self, plan):
         self.client.freeze(plan['name'])
 
@@ -581,7 +585,7 @@ class VeManager:
 
 
 def _final_state(state, steps):
-    after = {'create': 'stopped', 'start': 'running', 'stop': 'stopped', 'freeze': 'frozen',
+    after = {'create': 'stopped', 'start': 'running', 'stop': 'stopped', 'kill': 'stopped', 'freeze': 'frozen',
              'unfreeze': 'running', 'destroy': 'absent'}
     for step in steps:
         state = after.get(step, state)

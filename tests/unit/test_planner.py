@@ -33,7 +33,9 @@ def test_restarted_always_acts(current):
 
 
 def test_frozen_ve_is_thawed_before_stop():
-    assert plan_transitions('frozen', 'absent')[0] == ['unfreeze', 'stop', 'destroy']
+    assert plan_transitions('frozen', 'stopped')[0] == ['unfreeze', 'stop']
+    # killed, not shut down, when it is removed anyway; thawed first, as frozen tasks ignore SIGKILL
+    assert plan_transitions('frozen', 'absent')[0] == ['unfreeze', 'kill', 'destroy']
 
 
 def test_config_change_on_running_ve_needs_restart():
@@ -55,7 +57,7 @@ def test_config_change_on_stopped_ve_applies_at_next_start():
 
 
 def test_config_change_ignored_when_removing():
-    assert plan_transitions('running', 'absent', config_changed=True) == (['stop', 'destroy'], False)
+    assert plan_transitions('running', 'absent', config_changed=True) == (['kill', 'destroy'], False)
 
 
 def test_bad_state():
