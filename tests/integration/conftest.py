@@ -150,12 +150,12 @@ class TaskResult:
 class PlaybookRun:
     """Outcome of one ansible-playbook run."""
 
-    cmd: List[str]
+    cmd: List[str] = field(repr=False)
     rc: int
-    stdout: str
-    stderr: str
-    data: Optional[Dict[str, Any]] = None
-    hosts: Dict[str, List[TaskResult]] = field(default_factory=dict)
+    stdout: str = field(repr=False)
+    stderr: str = field(repr=False)
+    data: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    hosts: Dict[str, List[TaskResult]] = field(default_factory=dict, repr=False)
 
     @property
     def stats(self) -> Dict[str, Dict[str, int]]:
