@@ -188,10 +188,10 @@ class TemplateStore:
         if kind not in builders:
             raise VzError('template source type %r is not supported here (supported: %s)'
                           % (kind, ', '.join(sorted(builders))))
+        if check_mode:  # no lock: check mode must not even create the lock file
+            return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
             version = self.new_version(name)
-            if check_mode:
-                return {'name': name, 'version': version, 'source': source}
             make_dirs(os.path.join(self.root, name), 0o711)
             staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
             try:

@@ -28,7 +28,7 @@ def test_nothing_to_do_when_there(current, desired):
 
 @pytest.mark.parametrize('current', ['stopped', 'running', 'frozen'])
 def test_restarted_always_acts(current):
-    steps, _ = plan_transitions(current, 'restarted')
+    steps = plan_transitions(current, 'restarted')[0]
     assert steps[-1] == 'start'
 
 

@@ -27,7 +27,7 @@ def test_hwaddr_is_stable_local_unicast_and_distinct():
     mac = derived_hwaddr('web1', 'eth0')
     assert mac == derived_hwaddr('web1', 'eth0')
     assert mac != derived_hwaddr('web2', 'eth0')
-    first = int(mac.split(':')[0], 16)
+    first = int(mac.split(':', 1)[0], 16)
     assert first & 2 and not first & 1
 
 
