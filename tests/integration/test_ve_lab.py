@@ -120,3 +120,5 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
             {"name": "cleanup template", "ignore_errors": True,
              "osvirt.vz.template": {"name": template, "state": "absent"}},
         ]), inventory=lab.inventory)
+        for host in hosts:   # state=absent keeps the empty templates/<name> directory
+            lab.exec(host, "rmdir", "/var/lib/vz/templates/" + template, check=False)
