@@ -63,9 +63,34 @@ class Host:
     def ensure_layout(self):
         """Create the data root and its directories if missing (the host role normally does)."""
         make_dirs(self.vz_root, 0o711)
+        # the VEs' mapped root must traverse the store to reach its private area and templates
+        for path in (self.vz_root, self.ves_dir, self.templates_dir):
+            if os.path.isdir(path):
+                mode = os.stat(path).st_mode & 0o7777
+                if mode & 0o111 != 0o111:
+                    os.chmod(path, mode | 0o111)
         for sub, mode in (('templates', 0o711), ('ves', 0o711), ('.tmp', 0o700), ('locks', 0o700),
                           ('backups', 0o700)):
             make_dirs(os.path.join(self.vz_root, sub), mode)
+
+    def check_reachable(self):
+        """Refuse a store that an unprivileged VE's root cannot reach (a parent without o+x).
+
+        LXC itself would fail later with an obscure 'sync_wait' error.
+        """
+        path = self.vz_root
+        while True:
+            try:
+                mode = os.stat(path).st_mode
+            except FileNotFoundError:
+                mode = 0o111
+            if mode & 0o001 == 0:
+                raise VzError('%s (mode %04o) is not searchable by others, so unprivileged VEs under %s cannot '
+                              'reach their files; allow it (chmod o+x) or use another vz_root'
+                              % (path, mode & 0o7777, self.vz_root))
+            if path == '/':
+                return
+            path = os.path.dirname(path)
 
     # -- ids ------------------------------------------------------------------------------
     def idmap(self):

@@ -37,7 +37,11 @@ class Lock:
         self._fd = None
 
     def acquire(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise VzError('cannot lock %s %s: %s (%s)' % (_KIND_WORDS.get(self.kind, self.kind), self.name,
+                                                         exc.strerror, self.path))
         deadline = time.monotonic() + max(0.0, self.timeout)
         delay = 0.01
         while True:
@@ -56,8 +60,11 @@ class Lock:
                               busy=True)
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, ('%s (pid %d)\n' % (self.operation, os.getpid())).encode(), 0)
+        try:  # who holds the lock is for messages only: a full disk must not stop the work here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, ('%s (pid %d)\n' % (self.operation, os.getpid())).encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 
@@ -65,6 +72,8 @@ class Lock:
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
             finally:
                 os.close(self._fd)
                 self._fd = None

@@ -34,5 +34,8 @@ def run(module, job):
         job()
     except VzError as exc:
         module.fail_json(msg=exc.message, **exc.details)
+    except OSError as exc:  # the host's file system said no (full disk, read-only, permissions)
+        module.fail_json(msg='host file system error: %s%s' % (exc.strerror or exc,
+                                                               (' (%s)' % exc.filename) if exc.filename else ''))
     except Exception as exc:  # an unexpected bug: say what happened, keep the trace for the report
         module.fail_json(msg='unexpected error: %s' % exc, exception=traceback.format_exc())

@@ -272,6 +272,10 @@ class TemplateStore:
         trash = tempfile.mkdtemp(prefix='trash-%s-%s-' % (name, version), dir=self.host.tmp_dir)
         os.rename(target, os.path.join(trash, 'v'))
         remove_tree(trash)
+        try:  # the last version gone: the template's name goes too
+            os.rmdir(os.path.dirname(target))
+        except OSError:
+            pass
 
 
 def _copy_tree(src, dst):

@@ -86,31 +86,35 @@ _PATHS = {
 }
 
 
-def plan_transitions(current, desired, config_changed=False, restart=False):
+def plan_transitions(current, desired, config_changed=False, restart=False, stale=None):
     """Steps that take a VE from ``current`` to ``desired`` state.
 
     ``current`` is one of absent/stopped/running/frozen. ``config_changed`` means the LXC config
-    is rewritten (step 'configure'); a running VE only sees such a change after a restart, which
-    happens when ``restart`` is true or the desired state is 'restarted'. Returns
-    ``(steps, restart_required)``.
+    on disk is rewritten (step 'configure'). ``stale`` means a running VE runs another config than
+    the one asked for (by default: ``config_changed``; it stays true after an earlier run wrote the
+    change without restarting). A stale VE is restarted when ``restart`` is true or the desired
+    state is 'restarted'; otherwise the result says a restart is required.
+    Returns ``(steps, restart_required)``.
     """
+    if stale is None:
+        stale = config_changed
     if desired not in _PATHS:
         raise VzError('invalid state %r: use one of %s' % (desired, ', '.join(STATES)))
     if current not in _PATHS[desired]:
         raise VzError('cannot plan from VE state %r' % current)
     steps = list(_PATHS[desired][current])
     restart_required = False
-    if config_changed and current != 'absent' and desired != 'absent':
-        steps.insert(0, 'configure')
-        live = current in ('running', 'frozen') and 'stop' not in steps
-        if live and desired in ('started', 'frozen', 'present'):
-            if restart:
-                prefix = ['unfreeze'] if current == 'frozen' else []
-                tail = ['freeze'] if (desired == 'frozen' or (desired == 'present' and current == 'frozen')) else []
-                steps = ['configure'] + prefix + ['stop', 'start'] + tail
-            else:
-                restart_required = True
-    return steps, restart_required
+    if current == 'absent' or desired == 'absent':
+        return steps, False
+    head = ['configure'] if config_changed else []
+    live = current in ('running', 'frozen') and 'stop' not in steps
+    if stale and live and desired in ('started', 'frozen', 'present'):
+        if restart:
+            prefix = ['unfreeze'] if current == 'frozen' else []
+            tail = ['freeze'] if current == 'frozen' or desired == 'frozen' else []
+            return head + prefix + ['stop', 'start'] + tail, False
+        restart_required = True
+    return head + steps, restart_required
 
 
 # -- metadata and config -----------------------------------------------------------------------
@@ -120,12 +124,16 @@ def derived_hwaddr(ve, ifname):
     return '02:' + ':'.join('%02x' % b for b in digest[:5])
 
 
-def host_link_name(ve, index):
-    """Host-side name of a VE's veth: 'vz' + 8 hex digits of the VE name + interface index."""
-    return 'vz%s%d' % (hashlib.sha1(ve.encode()).hexdigest()[:8], index)
+def host_link_name(ve, index, parent='vz'):
+    """Host-side name of a VE's veth: 'vz' + 8 hex digits of <cgroup parent>/<VE> + interface index.
+
+    The cgroup parent is per VE store, so two stores on one machine (tests, the lab) never pick the
+    same name for VEs of the same name.
+    """
+    return 'vz%s%d' % (hashlib.sha1(('%s/%s' % (parent, ve)).encode()).hexdigest()[:8], index)
 
 
-def normalize_network(ve, network, host):
+def normalize_network(ve, network, host, parent=None):
     """Validate the interfaces of a VE and fill in their defaults."""
     result, names = [], set()
     for index, iface in enumerate(network or []):
@@ -159,7 +167,7 @@ def normalize_network(ve, network, host):
             'gateway4': gateway or None,
             'hwaddr': _validate.hwaddr(iface['hwaddr']) if iface.get('hwaddr') else derived_hwaddr(ve, name),
             'mtu': int(mtu) if mtu is not None else None,
-            'host_link': host_link_name(ve, index),
+            'host_link': host_link_name(ve, index, parent or host.cgroup_parent),
         })
     return result
 
@@ -253,6 +261,11 @@ def public_view(meta, state, pid=None):
     }
 
 
+def config_digest(items):
+    """A short digest of owned config entries, order-insensitive."""
+    return hashlib.sha256(repr(sorted(items)).encode()).hexdigest()[:16]
+
+
 def spec_view(meta):
     """The part of the metadata that a task can ask for; used for --diff."""
     return {k: meta.get(k) for k in SPEC_KEYS if k in meta}
@@ -294,6 +307,22 @@ class VeManager:
         return sorted(n for n in entries if _validate.VE_NAME_RE.fullmatch(n)
                       and os.path.isfile(os.path.join(self.host.ves_dir, n, 've.json')))
 
+    def running_digest(self, name, pid, on_disk_items):
+        """Digest of the config a running VE was started with.
+
+        ``running.json`` records it with the init pid when this collection starts a VE or writes a
+        change without restarting it. A record with another pid is stale (the VE was restarted by
+        other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
+        """
+        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        if pid is not None and record.get('pid') == pid and record.get('config'):
+            return record['config']
+        return config_digest(on_disk_items)
+
+    def _record_running(self, name, pid, digest):
+        if pid is not None:
+            write_json(os.path.join(self.host.ve_dir(name), 'running.json'), {'pid': pid, 'config': digest})
+
     def states(self):
         """State and pid of every VE in one lxc-ls call; {} when the lxcpath does not exist yet."""
         if not os.path.isdir(self.host.ves_dir):
@@ -311,7 +340,8 @@ class VeManager:
                 new[key] = spec[key]
             elif key not in new:
                 new[key] = default
-        new['network'] = normalize_network(name, new['network'], self.host)
+        new['network'] = normalize_network(name, new['network'], self.host,
+                                           current.get('cgroup_parent') if meta else self.host.cgroup_parent)
         new['mounts'] = normalize_mounts(name, new['mounts'], self.host)
         if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
                 all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
@@ -370,6 +400,8 @@ class VeManager:
             raise VzError('VE %s is listed more than once in one task' % ', '.join(duplicates))
         if not self.check_mode:
             self.host.ensure_layout()
+        if any(s.get('state') != 'absent' and not s.get('privileged') for s in specs):
+            self.host.check_reachable()
         locks = []
         try:
             if not self.check_mode:
@@ -386,13 +418,15 @@ class VeManager:
             else:
                 with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(plans)))) as pool:
                     results = list(pool.map(self._execute, plans))
-            started = [r for r in results if r['ve']['state'] in ('running', 'frozen') and
+            started = [(r, p) for r, p in zip(results, plans) if r['ve']['state'] in ('running', 'frozen') and
                        r['ve']['pid'] is None]
             if started:
                 final = self.states() if len(started) > 1 else {
-                    started[0]['ve']['name']: self.client.state(started[0]['ve']['name'])}
-                for result in started:
+                    started[0][0]['ve']['name']: self.client.state(started[0][0]['ve']['name'])}
+                for result, plan in started:
                     result['ve']['pid'] = (final.get(result['ve']['name']) or {}).get('pid')
+                    if 'start' in plan['steps'] and plan['config'] is not None and not result['error']:
+                        self._record_running(plan['name'], result['ve']['pid'], config_digest(plan['config']))
             return results
         finally:
             for lock in reversed(locks):
@@ -417,13 +451,16 @@ class VeManager:
             return plan
         new_meta, manifest = self.desired_meta(spec, meta)
         config = self.desired_config(new_meta, manifest, create=False)
-        config_changed = meta_changed = False
+        config_changed = meta_changed = stale = False
         if meta is not None:
-            on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config'))
-            config_changed = sorted(on_disk.owned_items(is_owned)) != sorted(config)
+            on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+            config_changed = sorted(on_disk) != sorted(config)
             meta_changed = spec_view(meta) != spec_view(new_meta)
+            plan['disk_digest'] = config_digest(on_disk)
+            if current in ('running', 'frozen'):
+                stale = self.running_digest(name, plan['pid'], on_disk) != config_digest(config)
         plan.update(new_meta=new_meta, manifest=manifest, config=config)
-        steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart)
+        steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart, stale)
         if meta_changed and 'configure' not in steps:
             steps.insert(0, 'configure')   # metadata only (e.g. owner): nothing to restart for
         plan['steps'] = steps
@@ -457,7 +494,7 @@ class VeManager:
     def _execute(self, plan):
         name, done = plan['name'], []
         state, pid = plan['current'], plan['pid']
-        created = False
+        created, step = False, 'prepare'
         try:
             for step in plan['steps']:
                 getattr(self, '_step_' + step)(plan)
@@ -467,7 +504,7 @@ class VeManager:
                 if state != plan['current'] or step in ('start', 'stop', 'kill'):
                     pid = None
         except Exception as exc:  # roll back a VE this run created, then report
-            message = str(exc)
+            message = describe_error(exc, '%s of VE %s' % (step, name))
             if created:
                 try:
                     self._step_destroy(plan)
@@ -510,6 +547,10 @@ class VeManager:
     def _step_configure(self, plan):
         name = plan['name']
         directory = self.host.ve_dir(name)
+        if plan['current'] in ('running', 'frozen') and plan.get('disk_digest'):
+            # the VE keeps running what it was started with: remember that before the file changes
+            on_disk = LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)
+            self._record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
         config = self.desired_config(plan['new_meta'], plan['manifest'], create=True)
         cfg = LxcConfig.load(os.path.join(directory, 'config'))
         cfg.replace_owned(is_owned, config)
@@ -571,6 +612,13 @@ class VeManager:
             if states and entry['state'] not in states:
                 continue
             view = public_view(meta, entry['state'], entry['pid'])
+            view['restart_required'] = False
+            if entry['state'] in ('running', 'frozen'):
+                try:
+                    on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+                except OSError:
+                    on_disk = []
+                view['restart_required'] = self.running_digest(name, entry['pid'], on_disk) != config_digest(on_disk)
             tname, _sep, version = (meta.get('template') or '').partition('@')
             view.update({'template_name': tname, 'template_version': version or None,
                          'layers': meta.get('layers') or [], 'network': meta.get('network') or [],
@@ -582,6 +630,15 @@ class VeManager:
                 view['private_bytes'] = disk_usage(os.path.join(self.host.ve_dir(name), 'private'))
             result.append(view)
         return result
+
+
+def describe_error(exc, what):
+    """One readable sentence for an exception raised while doing ``what``."""
+    if isinstance(exc, VzError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return '%s failed: %s%s' % (what, exc.strerror, (' (%s)' % exc.filename) if exc.filename else '')
+    return '%s failed: %s' % (what, exc)
 
 
 def _final_state(state, steps):

@@ -65,3 +65,16 @@ def test_bad_state():
         plan_transitions('running', 'paused')
     with pytest.raises(VzError):
         plan_transitions('exploded', 'started')
+
+
+def test_change_written_earlier_still_needs_restart():
+    # an earlier run wrote the change without restarting: the file matches, the VE does not
+    assert plan_transitions('running', 'started', config_changed=False, stale=True) == ([], True)
+    assert plan_transitions('running', 'started', config_changed=False, restart=True, stale=True) == \
+        (['stop', 'start'], False)
+    assert plan_transitions('stopped', 'started', config_changed=False, stale=True) == (['start'], False)
+
+
+def test_present_keeps_frozen_ve_frozen_after_restart():
+    steps, needed = plan_transitions('frozen', 'present', config_changed=True, restart=True)
+    assert steps == ['configure', 'unfreeze', 'stop', 'start', 'freeze'] and not needed
