@@ -79,8 +79,8 @@ def log(msg):
 def run(argv, check=True, **kwargs):
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
     if check and proc.returncode != 0:
-        raise BenchError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode,
-                                                     (proc.stderr or proc.stdout).strip()[-2000:]))
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise BenchError('%s failed (rc=%d): %s' % (' '.join(argv), proc.returncode, detail))
     return proc
 
 

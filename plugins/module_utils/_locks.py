@@ -40,8 +40,8 @@ class Lock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise VzError('cannot lock %s %s: %s (%s)' % (_KIND_WORDS.get(self.kind, self.kind), self.name,
-                                                         exc.strerror, self.path))
+            what = _KIND_WORDS.get(self.kind, self.kind)
+            raise VzError('cannot lock %s %s: %s (%s)' % (what, self.name, exc.strerror, self.path))
         deadline = time.monotonic() + max(0.0, self.timeout)
         delay = 0.01
         while True:

@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import secrets
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,12 +131,13 @@ def test_rebuild_makes_a_newer_version(run_playbook, vz_root):
 # ------------------------------------------------------------------------------- removal
 
 
-def test_absent_refuses_a_version_in_use_and_removes_an_unused_one(run_playbook, four_steps, vz_root,
-                                                                    cgroup_parent):
+def test_absent_refuses_a_version_in_use_and_removes_an_unused_one(
+        run_playbook, four_steps, vz_root, cgroup_parent):
     run = run_playbook(_play([
         dict(_template(vz_root), name="v1"),
-        {"name": "ve on v1", "osvirt.vz.ve": {"name": "user1", "template": "busybox", "state": "present",
-                                             "vz_root": str(vz_root), "cgroup_parent": cgroup_parent}},
+        {"name": "ve on v1", "osvirt.vz.ve": {
+            "name": "user1", "template": "busybox", "state": "present",
+            "vz_root": str(vz_root), "cgroup_parent": cgroup_parent}},
         dict(_template(vz_root, rebuild=True), name="v2"),
     ]))
     v1 = run.task("v1")["template"]["version"]

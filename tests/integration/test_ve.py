@@ -94,8 +94,8 @@ def bridge(request, harness, tmp_path_factory, localhost):
     """vzbr0 with 10.20.0.1/24 on the machine; made by osvirt.vz.bridge when missing."""
     if not Path("/sys/class/net/%s/bridge" % BRIDGE).is_dir():
         runner = harness.PlaybookRunner(tmp_path_factory.mktemp("bridge"), localhost)
-        runner(_play([{"name": "bridge", "osvirt.vz.bridge": {"name": BRIDGE, "state": "present",
-                                                               "ipv4": [BRIDGE_CIDR]}}]))
+        bridge = {"name": BRIDGE, "state": "present", "ipv4": [BRIDGE_CIDR]}
+        runner(_play([{"name": "bridge", "osvirt.vz.bridge": bridge}]))
     addrs = sh("ip", "-j", "addr", "show", "dev", BRIDGE).stdout
     assert "10.20.0.1" in addrs, addrs
     return BRIDGE
@@ -107,8 +107,8 @@ def built_template(harness, tmp_path_factory, localhost):
     root = Path(tempfile.mkdtemp(prefix="vz-test-tpl-", dir="/var/tmp"))
     try:
         runner = harness.PlaybookRunner(tmp_path_factory.mktemp("tpl"), localhost)
-        run = runner(_play([{"name": "template", "osvirt.vz.template": {"name": "busybox",
-                                                                         "vz_root": str(root)}}]))
+        template = {"name": "busybox", "vz_root": str(root)}
+        run = runner(_play([{"name": "template", "osvirt.vz.template": template}]))
         yield root / "templates", run.task("template")["template"]["version"]
     finally:
         shutil.rmtree(root, ignore_errors=True)

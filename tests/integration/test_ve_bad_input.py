@@ -129,8 +129,8 @@ def _prepare(vz_root, built_template, run_playbook, harness):
 def ctx(vz_root, built_template, run_playbook, harness):
     c = _prepare(vz_root, built_template, run_playbook, harness)
     # one VE that exists before the bad input comes: it must stay exactly as it is
-    c.run(_play([{"name": "keep", "osvirt.vz.ve": c.ve(name=c.name("keep"), template="busybox",
-                                                        state="present")}]))
+    keep = c.ve(name=c.name("keep"), template="busybox", state="present")
+    c.run(_play([{"name": "keep", "osvirt.vz.ve": keep}]))
     try:
         yield c
     finally:
@@ -273,7 +273,7 @@ def test_no_subordinate_ids(ctx, tmp_path):
         ["unshare", "--mount", "--propagation", "private", str(wrapper), str(empty),
          ctx.harness._ansible_bin("ansible-playbook"), "-i", str(localhost), str(playbook)],
         env=ctx.harness._playbook_env({"VZ_RESULTS_FILE": str(results)}), cwd=str(tmp_path),
-        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     data = json.loads(results.read_text())
     res = ctx.harness._task_results(data)["localhost"][0]
     assert proc.returncode != 0, proc.stdout
@@ -342,7 +342,7 @@ def test_two_runs_create_the_same_ve_at_once(ctx, tmp_path):
         procs.append((proc, results))
     outcomes = []
     for proc, results in procs:
-        out, _ = proc.communicate(timeout=300)
+        out = proc.communicate(timeout=300)[0]
         res = ctx.harness._task_results(json.loads(results.read_text()))["localhost"][0]
         outcomes.append(res)
     creators = [r for r in outcomes if not r.failed and r.changed]
@@ -428,8 +428,8 @@ def test_disk_full_before_the_template_is_shifted(built_template, run_playbook, 
     sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=0711", "tmpfs", str(root))
     try:
         ctx = Ctx(root, parent, None, "g" + secrets.token_hex(2), run_playbook, harness)
-        run_playbook(_play([{"name": "template", "osvirt.vz.template": {"name": "busybox",
-                                                                         "vz_root": str(root)}}]))
+        template = {"name": "busybox", "vz_root": str(root)}
+        run_playbook(_play([{"name": "template", "osvirt.vz.template": template}]))
         fill = subprocess.run(["dd", "if=/dev/zero", "of=%s/fill" % root, "bs=1M"], capture_output=True,
                               text=True, check=False)
         assert "No space left on device" in fill.stderr, fill.stderr

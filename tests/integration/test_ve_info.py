@@ -148,7 +148,9 @@ def test_filters_by_name_and_state(store):
         store.info("unknown", name=[store.running, "nosuch-ve", "other-missing"]),
         store.info("no usage", name=[store.running], usage=False),
     ]))
-    names = lambda task: [v["name"] for v in run.task(task)["ves"]]  # noqa: E731
+
+    def names(task):
+        return [v["name"] for v in run.task(task)["ves"]]
     assert names("one") == [store.stopped]
     assert names("two") == sorted([store.frozen, store.running])
     assert names("running") == [store.running]

@@ -15,7 +15,6 @@ import secrets
 import time
 from pathlib import Path
 
-import pytest
 
 GATEWAY = "10.20.0.1"
 ADDRESSES = ["10.20.0.201", "10.20.0.202", "10.20.0.203"]
@@ -26,7 +25,7 @@ def _play(tasks, hosts="vz_hosts"):
 
 
 def _lab_ping(lab, host, address, attempts=5):
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         if lab.exec(host, "busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0:
             return True
         time.sleep(0.5)
