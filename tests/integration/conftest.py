@@ -29,6 +29,23 @@ expect_fail=False, limit=None, timeout=900, env=None)``
 ``four_steps(task, hosts='localhost', inventory=None, extra_vars=None, changes=True)``
     The idempotence check every module test uses; see :func:`four_steps`.
 
+``harness``  (session scope)
+    This conftest module, for fixtures of a wider scope than ``run_playbook`` (e.g.
+    ``harness.PlaybookRunner(tmp_dir, localhost)``) and for tests that run ansible-playbook
+    themselves (``harness._ansible_bin``, ``harness._playbook_env``, ``harness._task_results``).
+
+``cgroup_parent``
+    A cgroup parent name of this test only (``vzt-<random>``); its empty cgroup dirs are
+    removed afterwards (stop the test's VEs first: fixtures that use it tear down before it).
+
+``built_template``  (module scope)
+    The busybox template, built once per test module in a throw-away vz_root under /var/tmp:
+    ``(templates_dir, version)``; copy ``templates_dir`` into a test's vz_root to use it.
+
+Plain helpers (``play``, ``sh``, ``ping``, ``remove_cgroups``, ``kill_all``,
+``new_cgroup_parent`` and the ``VeStore`` base of the VE tests' contexts) are in vzlib.py,
+next to this file: ``from vzlib import play, sh``.
+
 Every test in this directory needs root and LXC (``lxc-start``), except those in
 test_harness.py. Without them the tests are skipped with the reason, except under CI
 (env CI set), where a missing precondition fails the test instead: CI must never go
@@ -39,6 +56,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +64,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import yaml
+
+from vzlib import new_cgroup_parent, play, remove_cgroups
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
@@ -401,8 +421,8 @@ def four_steps(run_playbook, localhost):
             t = {"name": step, "check_mode": check}
             t.update(body)
             tasks.append(t)
-        play = [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
-        run = run_playbook(play, inventory=inventory or localhost, extra_vars=extra_vars, diff=True)
+        run = run_playbook(play(tasks, hosts), inventory=inventory or localhost, extra_vars=extra_vars,
+                           diff=True)
         want = ("changed", "changed", "ok", "ok") if changes else ("ok",) * 4
         steps = {}
         for host, results in run.hosts.items():
@@ -455,6 +475,40 @@ def vz_root():
     finally:
         _release_vz_root(root)
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+
+
+# ---------------------------------------------------- shared by the VE and template tests
+
+# This module as imported by pytest (its name is not unique: tests/conftest.py is a
+# "conftest" too, so look it up now, while it is the one being executed).
+_THIS_MODULE = sys.modules[__name__]
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """This conftest module (PlaybookRunner, _playbook_env, ...) for wider-scoped fixtures."""
+    return _THIS_MODULE
+
+
+@pytest.fixture
+def cgroup_parent():
+    """A cgroup parent of this test only; its (empty) cgroup dirs are removed afterwards."""
+    parent = new_cgroup_parent()
+    yield parent
+    remove_cgroups(parent)
+
+
+@pytest.fixture(scope="module")
+def built_template(tmp_path_factory, localhost):
+    """The busybox template, built once for this module: (templates dir, version)."""
+    root = Path(tempfile.mkdtemp(prefix="vz-test-tpl-", dir="/var/tmp"))
+    try:
+        runner = PlaybookRunner(tmp_path_factory.mktemp("tpl"), localhost)
+        template = {"name": "busybox", "vz_root": str(root)}
+        run = runner(play([{"name": "template", "osvirt.vz.template": template}]))
+        yield root / "templates", run.task("template")["template"]["version"]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------------- lab

@@ -15,16 +15,11 @@ import json
 import os
 import platform
 import re
-import secrets
 from pathlib import Path
 
-import pytest
+from vzlib import play
 
 VERSION_RE = re.compile(r"^\d{8}-\d{6}$")
-
-
-def _play(tasks):
-    return [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
 
 
 def _template(vz_root, **options):
@@ -41,21 +36,6 @@ def _versions(vz_root, name="busybox"):
 def _tmp_entries(vz_root):
     tmp = Path(vz_root) / ".tmp"
     return sorted(p.name for p in tmp.iterdir()) if tmp.is_dir() else []
-
-
-@pytest.fixture
-def cgroup_parent():
-    """A cgroup parent of this test only; its (empty) cgroup dirs are removed afterwards."""
-    parent = "vzt-" + secrets.token_hex(3)
-    yield parent
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        for top in (mount / parent, mount / (parent + ".monitor")):
-            if top.is_dir():
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
 
 
 # ------------------------------------------------------------------------------ building
@@ -79,7 +59,7 @@ def test_busybox_four_steps(four_steps, vz_root):
 
 
 def test_manifest_and_publication(run_playbook, vz_root):
-    run = run_playbook(_play([dict(_template(vz_root), name="build", register="r")]))
+    run = run_playbook(play([dict(_template(vz_root), name="build", register="r")]))
     res = run.task("build")
     assert res.changed
     version = res["template"]["version"]
@@ -108,7 +88,7 @@ def test_manifest_and_publication(run_playbook, vz_root):
 
 
 def test_rebuild_makes_a_newer_version(run_playbook, vz_root):
-    run = run_playbook(_play([
+    run = run_playbook(play([
         dict(_template(vz_root), name="first"),
         dict(_template(vz_root, rebuild=True), name="rebuild"),
         dict(_template(vz_root), name="present again"),
@@ -133,7 +113,7 @@ def test_rebuild_makes_a_newer_version(run_playbook, vz_root):
 
 def test_absent_refuses_a_version_in_use_and_removes_an_unused_one(
         run_playbook, four_steps, vz_root, cgroup_parent):
-    run = run_playbook(_play([
+    run = run_playbook(play([
         dict(_template(vz_root), name="v1"),
         {"name": "ve on v1", "osvirt.vz.ve": {
             "name": "user1", "template": "busybox", "state": "present",
@@ -145,14 +125,14 @@ def test_absent_refuses_a_version_in_use_and_removes_an_unused_one(
     assert run.task("ve on v1")["ve"]["template"] == "busybox@%s" % v1
 
     # removing v1 (used by user1) is refused, naming the VE; nothing is removed
-    fail = run_playbook(_play([dict(_template(vz_root, state="absent", version=v1), name="rm v1")]),
+    fail = run_playbook(play([dict(_template(vz_root, state="absent", version=v1), name="rm v1")]),
                         expect_fail=True)
     res = fail.task("rm v1")
     assert res.failed
     assert "in use" in res.msg and "user1" in res.msg and v1 in res.msg, res.msg
     assert _versions(vz_root) == [v1, v2]
     # removing every version is refused as well
-    fail = run_playbook(_play([dict(_template(vz_root, state="absent"), name="rm all")]), expect_fail=True)
+    fail = run_playbook(play([dict(_template(vz_root, state="absent"), name="rm all")]), expect_fail=True)
     assert "user1" in fail.task("rm all").msg
     assert _versions(vz_root) == [v1, v2]
 
@@ -177,7 +157,7 @@ BAD_NAMES = ["../x", "Busybox", "a b", "a/b", "-x", "x" * 64, "", "x;reboot"]
 
 def test_invalid_version_and_name_are_one_clear_error_each(run_playbook, vz_root):
     """Each bad value fails its task alone with a message naming it; nothing is touched."""
-    run_playbook(_play([dict(_template(vz_root), name="build")]))
+    run_playbook(play([dict(_template(vz_root), name="build")]))
     before = _versions(vz_root)
     tasks = [dict(_template(vz_root, state="absent", version=v), name="version %d" % i, ignore_errors=True)
              for i, v in enumerate(BAD_VERSIONS)]
@@ -186,7 +166,7 @@ def test_invalid_version_and_name_are_one_clear_error_each(run_playbook, vz_root
     tasks += [{"name": "name %d absent" % i, "ignore_errors": True,
                "osvirt.vz.template": {"name": n, "state": "absent", "vz_root": str(vz_root)}}
               for i, n in enumerate(BAD_NAMES)]
-    run = run_playbook(_play(tasks))
+    run = run_playbook(play(tasks))
     for i, version in enumerate(BAD_VERSIONS):
         res = run.task("version %d" % i)
         assert res.failed, res.result

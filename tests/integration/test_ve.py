@@ -18,14 +18,13 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import tempfile
-import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from vzlib import VeStore, kill_all, ping, play, sh
 
 BRIDGE = "vzbr0"
 BRIDGE_CIDR = "10.20.0.1/24"
@@ -33,60 +32,7 @@ GATEWAY = "10.20.0.1"
 HOST_PYTHON = "/usr/bin/python3"
 
 
-# ------------------------------------------------------------------------------ helpers
-
-
-def _harness(config):
-    """The integration conftest module (PlaybookRunner etc.) for module-scoped fixtures."""
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", "") or ""
-        if path.endswith(os.path.join("tests", "integration", "conftest.py")):
-            return plugin
-    raise RuntimeError("tests/integration/conftest.py is not loaded")
-
-
-def _play(tasks, hosts="localhost"):
-    return [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
-
-
-def sh(*argv, check=True, timeout=60):
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def ping(address, attempts=5):
-    """One echo request answered within 2 s, trying up to ``attempts`` times (a VE that has
-    just started may still be announcing itself on the bridge)."""
-    for attempt in range(attempts):
-        if sh("busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0:
-            return True
-        time.sleep(0.5)
-    return False
-
-
-def remove_cgroups(parent):
-    """rmdir the (empty) cgroup dirs of ``parent`` and ``parent.monitor`` in every hierarchy."""
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        for top in (mount / parent, mount / (parent + ".monitor")):
-            if top.is_dir():
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
-
-
-def kill_all(lxcpath):
-    if not Path(lxcpath).is_dir():
-        return
-    names = sh("lxc-ls", "-1", "-P", str(lxcpath), "--active", check=False).stdout.split()
-    for name in names:
-        sh("lxc-stop", "-k", "-P", str(lxcpath), "-n", name, check=False)
-
-
-@pytest.fixture(scope="module")
-def harness(request):
-    return _harness(request.config)
+# ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
@@ -95,52 +41,14 @@ def bridge(request, harness, tmp_path_factory, localhost):
     if not Path("/sys/class/net/%s/bridge" % BRIDGE).is_dir():
         runner = harness.PlaybookRunner(tmp_path_factory.mktemp("bridge"), localhost)
         bridge = {"name": BRIDGE, "state": "present", "ipv4": [BRIDGE_CIDR]}
-        runner(_play([{"name": "bridge", "osvirt.vz.bridge": bridge}]))
+        runner(play([{"name": "bridge", "osvirt.vz.bridge": bridge}]))
     addrs = sh("ip", "-j", "addr", "show", "dev", BRIDGE).stdout
     assert "10.20.0.1" in addrs, addrs
     return BRIDGE
 
 
-@pytest.fixture(scope="module")
-def built_template(harness, tmp_path_factory, localhost):
-    """The busybox template, built once for this module: (templates dir, version)."""
-    root = Path(tempfile.mkdtemp(prefix="vz-test-tpl-", dir="/var/tmp"))
-    try:
-        runner = harness.PlaybookRunner(tmp_path_factory.mktemp("tpl"), localhost)
-        template = {"name": "busybox", "vz_root": str(root)}
-        run = runner(_play([{"name": "template", "osvirt.vz.template": template}]))
-        yield root / "templates", run.task("template")["template"]["version"]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@dataclass
-class Ctx:
-    """One test's VE store: vz_root with the template, its own cgroup parent and name prefix."""
-
-    root: Path
-    parent: str
-    version: str
-    prefix: str
-    run: object
-
-    @property
-    def ves(self) -> Path:
-        return self.root / "ves"
-
-    def name(self, short):
-        return "%s-%s" % (self.prefix, short)
-
-    def ve(self, **options):
-        """The options of one osvirt.vz.ve task in this store."""
-        return dict({"vz_root": str(self.root), "cgroup_parent": self.parent}, **options)
-
-    def task(self, title, **options):
-        return {"name": title, "osvirt.vz.ve": self.ve(**options)}
-
-    def lxc_state(self, name):
-        proc = sh("lxc-info", "-P", str(self.ves), "-n", name, "-sH", check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else "ABSENT"
+class Ctx(VeStore):
+    """A VeStore with the queries of a running VE."""
 
     def pid(self, name):
         out = sh("lxc-info", "-P", str(self.ves), "-n", name, "-pH", check=False).stdout.strip()
@@ -154,18 +62,17 @@ class Ctx:
 
 
 @pytest.fixture
-def ctx(vz_root, built_template, run_playbook, bridge):
+def ctx(vz_root, cgroup_parent, built_template, run_playbook, bridge):
     templates, version = built_template
     # mkdtemp made vz_root 0700; unprivileged VEs must traverse it (the host role makes 0711)
     os.chmod(vz_root, 0o711)
     sh("cp", "-a", "--reflink=auto", str(templates), str(vz_root / "templates"))
-    parent = "vzt-" + secrets.token_hex(3)
-    c = Ctx(root=vz_root, parent=parent, version=version, prefix="t" + secrets.token_hex(2), run=run_playbook)
+    c = Ctx(root=vz_root, parent=cgroup_parent, version=version, prefix="t" + secrets.token_hex(2),
+            run=run_playbook)
     try:
         yield c
     finally:
         kill_all(vz_root / "ves")
-        remove_cgroups(parent)
 
 
 # ---------------------------------------------------------------------- one VE, network
@@ -203,7 +110,7 @@ def test_ve_with_network_four_steps(ctx, four_steps):
 
 def test_private_area_holds_only_the_ves_changes(ctx):
     name = ctx.name("priv")
-    run = ctx.run(_play([ctx.task("create", name=name, template="busybox", state="present")]))
+    run = ctx.run(play([ctx.task("create", name=name, template="busybox", state="present")]))
     res = run.task("create")
     assert res["actions"] == ["create %s" % name] and res["ve"]["state"] == "stopped"
     directory = ctx.ves / name
@@ -219,14 +126,14 @@ def test_private_area_holds_only_the_ves_changes(ctx):
     assert rootfs[0].rstrip().endswith(":" + str(upper)), rootfs
     assert ctx.lxc_state(name) == "STOPPED"
 
-    ctx.run(_play([ctx.task("start", name=name, state="started")]))
+    ctx.run(play([ctx.task("start", name=name, state="started")]))
     ctx.attach(name, "sh", "-c", "echo x > /root/f")
     assert (upper / "root" / "f").read_text() == "x\n"
     # the template's tree is untouched
     template_root = ctx.root / "templates" / "busybox" / ctx.version
     assert not list(template_root.glob("**/root/f"))
     # the file is visible inside, and survives a restart (it lives in the private area)
-    ctx.run(_play([ctx.task("restart", name=name, state="restarted")]))
+    ctx.run(play([ctx.task("restart", name=name, state="restarted")]))
     assert ctx.attach(name, "cat", "/root/f").stdout == "x\n"
 
 
@@ -316,7 +223,7 @@ def test_every_state_transition(ctx):
         tasks.append({"name": "%02d lxc-info" % i, "ansible.builtin.command":
                       {"argv": ["lxc-info", "-P", str(ctx.ves), "-n", name, "-sH"]},
                       "changed_when": False, "failed_when": False})
-    run = ctx.run(_play(tasks))
+    run = ctx.run(play(tasks))
     for i, (current, desired) in enumerate(seq):
         res = run.task("%02d %s -> %s" % (i, current, desired))
         want = ["%s %s" % (step, name) for step in EXPECTED_STEPS[(current, desired)]]
@@ -336,7 +243,7 @@ def test_every_state_transition(ctx):
 
 def test_restarted_gives_a_new_init(ctx):
     name = ctx.name("rs")
-    run = ctx.run(_play([
+    run = ctx.run(play([
         ctx.task("start", name=name, template="busybox"),
         ctx.task("restart", name=name, state="restarted"),
         dict(ctx.task("restart check", name=name, state="restarted"), check_mode=True),
@@ -400,11 +307,11 @@ def test_config_change_on_running_ve(ctx):
     keeps running (same pid); ``restart: true`` applies it."""
     name = ctx.name("cfg")
     net = [{"ipv4": ["10.20.0.202/24"], "gateway4": GATEWAY}]
-    run = ctx.run(_play([ctx.task("start", name=name, template="busybox", network=net)]))
+    run = ctx.run(play([ctx.task("start", name=name, template="busybox", network=net)]))
     pid = run.task("start")["ve"]["pid"]
     assert ctx.attach(name, "hostname").stdout.strip() == name
 
-    run = ctx.run(_play([
+    run = ctx.run(play([
         dict(ctx.task("change check", name=name, hostname="h-one"), check_mode=True),
         ctx.task("change", name=name, hostname="h-one"),
     ]), diff=True)
@@ -425,15 +332,15 @@ def test_pending_change_is_applied_by_a_later_restart(ctx):
     restart_required, and a run with ``restart: true`` applies it (RETURN doc of
     restart_required: "True when a running VE's new configuration waits for a restart")."""
     name = ctx.name("pend")
-    run = ctx.run(_play([
+    run = ctx.run(play([
         ctx.task("start", name=name, template="busybox"),
         ctx.task("change", name=name, hostname="h-one"),
     ]))
     pid = run.task("start")["ve"]["pid"]
     assert run.task("change")["restart_required"] is True and ctx.pid(name) == pid
-    again = ctx.run(_play([ctx.task("again", name=name, hostname="h-one")])).task("again")
+    again = ctx.run(play([ctx.task("again", name=name, hostname="h-one")])).task("again")
     still_old = ctx.attach(name, "hostname").stdout.strip() == name
-    apply = ctx.run(_play([ctx.task("apply", name=name, hostname="h-one", restart=True)])).task("apply")
+    apply = ctx.run(play([ctx.task("apply", name=name, hostname="h-one", restart=True)])).task("apply")
     problems = []
     if still_old and again["restart_required"] is not True:
         problems.append("a second run without restart says restart_required=%r while the VE still runs "
@@ -449,7 +356,7 @@ def test_pending_change_is_applied_by_a_later_restart(ctx):
 
 def test_config_change_with_restart_in_one_task(ctx):
     name = ctx.name("cfr")
-    run = ctx.run(_play([
+    run = ctx.run(play([
         ctx.task("start", name=name, template="busybox"),
         ctx.task("change", name=name, hostname="h-two", restart=True),
         ctx.task("again", name=name, hostname="h-two", restart=True),
@@ -466,10 +373,10 @@ def test_config_change_with_restart_in_one_task(ctx):
 
 def test_keys_the_module_does_not_own_survive(ctx):
     name = ctx.name("keep")
-    ctx.run(_play([ctx.task("create", name=name, template="busybox", state="present")]))
+    ctx.run(play([ctx.task("create", name=name, template="busybox", state="present")]))
     config = ctx.ves / name / "config"
     config.write_text(config.read_text() + "# a hand-made comment\nlxc.environment = FOO=bar\n")
-    run = ctx.run(_play([
+    run = ctx.run(play([
         ctx.task("change", name=name, hostname="kept-host", autostart=True),
         ctx.task("start", name=name, state="started"),
         ctx.task("again", name=name, hostname="kept-host", autostart=True),
@@ -495,7 +402,7 @@ def test_readonly_mount(ctx):
         os.chmod(source, 0o755)
         os.chmod(source / "hello.txt", 0o644)
         mounts = [{"source": str(source), "target": "/mnt/host", "readonly": True}]
-        run = ctx.run(_play([
+        run = ctx.run(play([
             ctx.task("start", name=name, template="busybox", mounts=mounts),
             ctx.task("again", name=name, template="busybox", mounts=mounts),
         ]))
@@ -521,7 +428,7 @@ def test_readonly_mount(ctx):
 def test_autostart_through_lxc_autostart(ctx):
     """VEs come back after a host boot through ``lxc-autostart -P <vz_root>/ves``."""
     auto, manual = ctx.name("auto"), ctx.name("manual")
-    ctx.run(_play([ctx.task("bulk", template="busybox", ves=[
+    ctx.run(play([ctx.task("bulk", template="busybox", ves=[
         {"name": auto, "autostart": True}, {"name": manual}])]))
     assert "lxc.start.auto = 1" in ctx.config(auto)
     assert "lxc.start.auto = 0" in ctx.config(manual)
@@ -534,7 +441,7 @@ def test_autostart_through_lxc_autostart(ctx):
     assert ctx.lxc_state(auto) == "RUNNING"
     assert ctx.lxc_state(manual) == "STOPPED"
     # and the module sees it running, without changing anything
-    run = ctx.run(_play([ctx.task("check", name=auto, state="started", autostart=True)]))
+    run = ctx.run(play([ctx.task("check", name=auto, state="started", autostart=True)]))
     assert run.task("check").ok
 
 
@@ -551,7 +458,7 @@ def _subid(path):
 
 def test_security_defaults(ctx):
     name = ctx.name("sec")
-    run = ctx.run(_play([ctx.task("start", name=name, template="busybox")]))
+    run = ctx.run(play([ctx.task("start", name=name, template="busybox")]))
     assert not run.task("start").get("warnings")
     uid, gid = _subid("/etc/subuid"), _subid("/etc/subgid")
     config = ctx.config(name)
@@ -594,7 +501,7 @@ def test_security_defaults(ctx):
 
 def test_privileged_opt_in_warns(ctx):
     name = ctx.name("priv")
-    run = ctx.run(_play([
+    run = ctx.run(play([
         ctx.task("start", name=name, template="busybox", privileged=True),
         ctx.task("again", name=name, template="busybox", privileged=True),
         dict(ctx.task("flip", name=name, privileged=False), ignore_errors=True),

@@ -23,76 +23,20 @@ from pathlib import Path
 
 import pytest
 
+from vzlib import VeStore, kill_all, play, sh
+
 GATEWAY = "10.20.0.1"
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _harness(config):
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", "") or ""
-        if path.endswith(os.path.join("tests", "integration", "conftest.py")):
-            return plugin
-    raise RuntimeError("tests/integration/conftest.py is not loaded")
+class Ctx(VeStore):
+    """A VeStore whose tasks ignore errors (each bad input is asserted on its own result)."""
 
-
-def _play(tasks):
-    return [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
-
-
-def sh(*argv, check=True, timeout=120):
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def remove_cgroups(parent):
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        for top in (mount / parent, mount / (parent + ".monitor")):
-            if top.is_dir():
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
-
-
-def kill_all(lxcpath):
-    if Path(lxcpath).is_dir():
-        for name in sh("lxc-ls", "-1", "-P", str(lxcpath), "--active", check=False).stdout.split():
-            sh("lxc-stop", "-k", "-P", str(lxcpath), "-n", name, check=False)
-
-
-@pytest.fixture(scope="module")
-def harness(request):
-    return _harness(request.config)
-
-
-@pytest.fixture(scope="module")
-def built_template(harness, tmp_path_factory, localhost):
-    root = Path(tempfile.mkdtemp(prefix="vz-test-tpl-", dir="/var/tmp"))
-    try:
-        runner = harness.PlaybookRunner(tmp_path_factory.mktemp("tpl"), localhost)
-        run = runner(_play([{"name": "t", "osvirt.vz.template": {"name": "busybox", "vz_root": str(root)}}]))
-        yield root / "templates", run.task("t")["template"]["version"]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-class Ctx:
     def __init__(self, root, parent, version, prefix, run, harness):
-        self.root, self.parent, self.version, self.prefix, self.run = root, parent, version, prefix, run
+        super().__init__(root, parent, version, prefix, run)
         self.harness = harness
-
-    @property
-    def ves(self):
-        return self.root / "ves"
-
-    def name(self, short):
-        return "%s-%s" % (self.prefix, short)
-
-    def ve(self, **options):
-        return dict({"vz_root": str(self.root), "cgroup_parent": self.parent}, **options)
 
     def task(self, title, **options):
         return {"name": title, "ignore_errors": True, "osvirt.vz.ve": self.ve(**options)}
@@ -109,33 +53,27 @@ class Ctx:
             return []
         return sorted(sh("lxc-ls", "-1", "-P", str(self.ves)).stdout.split())
 
-    def lxc_state(self, name):
-        proc = sh("lxc-info", "-P", str(self.ves), "-n", name, "-sH", check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else "ABSENT"
-
     def state(self):
         return self.entries(), self.lxc_ls(), self.tmp_entries()
 
 
-def _prepare(vz_root, built_template, run_playbook, harness):
+def _prepare(vz_root, cgroup_parent, built_template, run_playbook, harness):
     templates, version = built_template
     os.chmod(vz_root, 0o711)   # mkdtemp makes 0700; unprivileged VEs must traverse it
     sh("cp", "-a", "--reflink=auto", str(templates), str(vz_root / "templates"))
-    return Ctx(vz_root, "vzt-" + secrets.token_hex(3), version, "x" + secrets.token_hex(2), run_playbook,
-               harness)
+    return Ctx(vz_root, cgroup_parent, version, "x" + secrets.token_hex(2), run_playbook, harness)
 
 
 @pytest.fixture
-def ctx(vz_root, built_template, run_playbook, harness):
-    c = _prepare(vz_root, built_template, run_playbook, harness)
+def ctx(vz_root, cgroup_parent, built_template, run_playbook, harness):
+    c = _prepare(vz_root, cgroup_parent, built_template, run_playbook, harness)
     # one VE that exists before the bad input comes: it must stay exactly as it is
     keep = c.ve(name=c.name("keep"), template="busybox", state="present")
-    c.run(_play([{"name": "keep", "osvirt.vz.ve": keep}]))
+    c.run(play([{"name": "keep", "osvirt.vz.ve": keep}]))
     try:
         yield c
     finally:
         kill_all(c.ves)
-        remove_cgroups(c.parent)
 
 
 def _assert_one_clear_error(res, *words):
@@ -161,7 +99,7 @@ def test_bad_ve_names(ctx):
                               ves=[{"name": ctx.name("good%d" % i)}, {"name": name},
                                    {"name": ctx.name("good%db" % i)}]))
         tasks.append(ctx.task("absent %d" % i, name=name, state="absent"))
-    run = ctx.run(_play(tasks))
+    run = ctx.run(play(tasks))
     for i, name in enumerate(BAD_NAMES):
         for kind in ("single", "item", "absent"):
             _assert_one_clear_error(run.task("%s %d" % (kind, i)), "invalid VE name", repr(name))
@@ -174,8 +112,8 @@ def test_name_of_63_characters_is_fine(ctx):
     """The boundary: 63 characters are allowed (64 are not, see above)."""
     name = ctx.prefix + "-" + "a" * (63 - len(ctx.prefix) - 1)
     assert len(name) == 63
-    run = ctx.run(_play([dict(ctx.task("ok", name=name, template="busybox", state="present"),
-                              ignore_errors=False)]))
+    run = ctx.run(play([dict(ctx.task("ok", name=name, template="busybox", state="present"),
+                             ignore_errors=False)]))
     assert run.task("ok").changed and name in ctx.lxc_ls()
 
 
@@ -223,7 +161,7 @@ def test_bad_references_and_paths(ctx, tmp_path):
     tasks += [ctx.task("bulk " + title, template="busybox",
                        ves=[{"name": ctx.name("ok1")}, dict(opts, name=name), {"name": ctx.name("ok2")}])
               for title, (opts, _words) in cases.items() if title in BULK_CASES]
-    run = ctx.run(_play(tasks))
+    run = ctx.run(play(tasks))
     for title, (opts, words) in cases.items():
         _assert_one_clear_error(run.task(title), *words)
         if title in BULK_CASES:
@@ -238,7 +176,7 @@ def test_bad_references_and_paths(ctx, tmp_path):
     ("/var/tmp/vz root", ["vz_root", "whitespace"]),
 ])
 def test_bad_vz_root(run_playbook, root, words):
-    run = run_playbook(_play([
+    run = run_playbook(play([
         {"name": "ve", "ignore_errors": True,
          "osvirt.vz.ve": {"name": "web1", "template": "busybox", "vz_root": root}},
         {"name": "template", "ignore_errors": True, "osvirt.vz.template": {"name": "busybox", "vz_root": root}},
@@ -265,8 +203,8 @@ def test_no_subordinate_ids(ctx, tmp_path):
     wrapper.chmod(0o755)
     name = ctx.name("nosub")
     playbook = tmp_path / "nosub.yml"
-    playbook.write_text(json.dumps(_play([{"name": "create", "osvirt.vz.ve": ctx.ve(name=name,
-                                                                                    template="busybox")}])))
+    playbook.write_text(json.dumps(play([{"name": "create", "osvirt.vz.ve": ctx.ve(name=name,
+                                                                                   template="busybox")}])))
     results = tmp_path / "results.json"
     localhost = ctx.run.default_inventory
     proc = subprocess.run(
@@ -291,12 +229,12 @@ def test_absent_never_follows_a_symlink_out_of_the_store(ctx):
     victim = Path(tempfile.mkdtemp(prefix="vzt-victim-", dir="/var/tmp"))
     try:
         (victim / "precious.txt").write_text("keep me\n")
-        ctx.run(_play([dict(ctx.task("start", name=name, template="busybox"), ignore_errors=False)]))
+        ctx.run(play([dict(ctx.task("start", name=name, template="busybox"), ignore_errors=False)]))
         upper = ctx.ves / name / "private" / "upper"
         (upper / "escape").symlink_to(victim)
         (upper / "escape-file").symlink_to(victim / "precious.txt")
         (ctx.ves / name / "escape-dir").symlink_to(victim)
-        run = ctx.run(_play([dict(ctx.task("remove", name=name, state="absent"), ignore_errors=False)]))
+        run = ctx.run(play([dict(ctx.task("remove", name=name, state="absent"), ignore_errors=False)]))
         assert run.task("remove").changed
         assert not (ctx.ves / name).exists()
         assert (victim / "precious.txt").read_text() == "keep me\n"
@@ -314,8 +252,8 @@ def test_ve_directory_that_is_a_symlink_is_refused(ctx):
     try:
         (victim / "ve.json").write_text(json.dumps({"name": name, "template": "busybox@" + ctx.version}))
         (ctx.ves / name).symlink_to(victim)
-        run = ctx.run(_play([ctx.task("remove", name=name, state="absent"),
-                             ctx.task("start", name=name, template="busybox")]))
+        run = ctx.run(play([ctx.task("remove", name=name, state="absent"),
+                            ctx.task("start", name=name, template="busybox")]))
         for task in ("remove", "start"):
             _assert_one_clear_error(run.task(task), "not a directory made by osvirt.vz")
         assert sorted(p.name for p in victim.iterdir()) == ["ve.json"]
@@ -330,7 +268,7 @@ def test_ve_directory_that_is_a_symlink_is_refused(ctx):
 def test_two_runs_create_the_same_ve_at_once(ctx, tmp_path):
     name = ctx.name("race")
     playbook = tmp_path / "race.yml"
-    playbook.write_text(json.dumps(_play([{"name": "create", "osvirt.vz.ve": ctx.ve(
+    playbook.write_text(json.dumps(play([{"name": "create", "osvirt.vz.ve": ctx.ve(
         name=name, template="busybox", state="started", lock_timeout=60)}])))
     procs = []
     for i in range(2):
@@ -369,7 +307,7 @@ def test_busy_ve_fails_with_is_busy(ctx, tmp_path):
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and "some other" not in (lock.read_text() if lock.exists() else ""):
             time.sleep(0.05)
-        run = ctx.run(_play([ctx.task("start", name=name, lock_timeout=1)]))
+        run = ctx.run(play([ctx.task("start", name=name, lock_timeout=1)]))
         _assert_one_clear_error(run.task("start"), "VE %s is busy" % name, "some other operation")
         assert ctx.lxc_state(name) == "STOPPED"
     finally:
@@ -380,14 +318,13 @@ def test_busy_ve_fails_with_is_busy(ctx, tmp_path):
 # ----------------------------------------------------------------------------- disk full
 
 
-def test_disk_full_while_creating(built_template, run_playbook, harness, localhost):
+def test_disk_full_while_creating(built_template, cgroup_parent, run_playbook, harness, localhost):
     root = Path(tempfile.mkdtemp(prefix="vz-test-full-", dir="/var/tmp"))
-    parent = "vzt-" + secrets.token_hex(3)
     prefix = "f" + secrets.token_hex(2)
     sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=0711", "tmpfs", str(root))
     try:
-        ctx = Ctx(root, parent, None, prefix, run_playbook, harness)
-        run = run_playbook(_play([
+        ctx = Ctx(root, cgroup_parent, None, prefix, run_playbook, harness)
+        run = run_playbook(play([
             {"name": "template", "osvirt.vz.template": {"name": "busybox", "vz_root": str(root)}},
             # a first VE makes the id-shifted copy of the template while there is room
             {"name": "first", "osvirt.vz.ve": ctx.ve(name=ctx.name("first"), template="busybox",
@@ -399,7 +336,7 @@ def test_disk_full_while_creating(built_template, run_playbook, harness, localho
         assert "No space left on device" in fill.stderr, fill.stderr
         before = ctx.state()
         name = ctx.name("second")
-        run = run_playbook(_play([dict(ctx.task("create", name=name, template="busybox"))]))
+        run = run_playbook(play([dict(ctx.task("create", name=name, template="busybox"))]))
         res = run.task("create")
         assert res.failed, res.result
         assert "No space left on device" in res.msg, res.msg
@@ -410,31 +347,29 @@ def test_disk_full_while_creating(built_template, run_playbook, harness, localho
         assert ctx.state() == before
         # with room again, the same task works
         (root / "fill").unlink()
-        run = run_playbook(_play([dict(ctx.task("create", name=name, template="busybox", state="present"),
-                                       ignore_errors=False)]))
+        run = run_playbook(play([dict(ctx.task("create", name=name, template="busybox", state="present"),
+                                      ignore_errors=False)]))
         assert run.task("create").changed and name in ctx.lxc_ls()
     finally:
         kill_all(root / "ves")
         subprocess.run(["umount", "-l", str(root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
-        remove_cgroups(parent)
 
 
-def test_disk_full_before_the_template_is_shifted(built_template, run_playbook, harness):
+def test_disk_full_before_the_template_is_shifted(built_template, cgroup_parent, run_playbook, harness):
     """The first VE on a version copies the template to the VE id range: with no room for that
     copy, the task fails clearly and leaves no half copy or VE behind."""
     root = Path(tempfile.mkdtemp(prefix="vz-test-full-", dir="/var/tmp"))
-    parent = "vzt-" + secrets.token_hex(3)
     sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=0711", "tmpfs", str(root))
     try:
-        ctx = Ctx(root, parent, None, "g" + secrets.token_hex(2), run_playbook, harness)
+        ctx = Ctx(root, cgroup_parent, None, "g" + secrets.token_hex(2), run_playbook, harness)
         template = {"name": "busybox", "vz_root": str(root)}
-        run_playbook(_play([{"name": "template", "osvirt.vz.template": template}]))
+        run_playbook(play([{"name": "template", "osvirt.vz.template": template}]))
         fill = subprocess.run(["dd", "if=/dev/zero", "of=%s/fill" % root, "bs=1M"], capture_output=True,
                               text=True, check=False)
         assert "No space left on device" in fill.stderr, fill.stderr
         name = ctx.name("web")
-        run = run_playbook(_play([ctx.task("create", name=name, template="busybox", state="started")]))
+        run = run_playbook(play([ctx.task("create", name=name, template="busybox", state="started")]))
         res = run.task("create")
         assert res.failed and "No space left on device" in res.msg, res.msg
         assert "unexpected error" not in res.msg and (str(root) in res.msg or name in res.msg), res.msg
@@ -445,4 +380,3 @@ def test_disk_full_before_the_template_is_shifted(built_template, run_playbook, 
         kill_all(root / "ves")
         subprocess.run(["umount", "-l", str(root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
-        remove_cgroups(parent)

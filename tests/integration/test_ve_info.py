@@ -17,34 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from vzlib import new_cgroup_parent, play, remove_cgroups, sh
+
 GATEWAY = "10.20.0.1"
-
-
-def _harness(config):
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", "") or ""
-        if path.endswith(os.path.join("tests", "integration", "conftest.py")):
-            return plugin
-    raise RuntimeError("tests/integration/conftest.py is not loaded")
-
-
-def _play(tasks):
-    return [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
-
-
-def sh(*argv, check=True):
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, stdin=subprocess.DEVNULL)
-
-
-def remove_cgroups(parent):
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        for top in (mount / parent, mount / (parent + ".monitor")):
-            if top.is_dir():
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
 
 
 def _snapshot(root):
@@ -69,18 +44,17 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(request, tmp_path_factory, localhost):
-    harness = _harness(request.config)
+def store(harness, tmp_path_factory, localhost):
     if not Path("/sys/class/net/vzbr0/bridge").is_dir():
         pytest.fail("bridge vzbr0 is missing (test_ve.py's bridge fixture or the host role makes it)")
     root = Path(tempfile.mkdtemp(prefix="vz-test-", dir="/var/tmp"))
     os.chmod(root, 0o711)
-    parent = "vzt-" + secrets.token_hex(3)
+    parent = new_cgroup_parent()
     prefix = "i" + secrets.token_hex(2)
     runner = harness.PlaybookRunner(tmp_path_factory.mktemp("ve_info"), localhost)
     try:
         common = {"vz_root": str(root), "cgroup_parent": parent, "template": "busybox"}
-        run = runner(_play([
+        run = runner(play([
             {"name": "template", "osvirt.vz.template": {"name": "busybox", "vz_root": str(root)}},
             {"name": "ves", "osvirt.vz.ve": dict(common, ves=[
                 {"name": prefix + "-run", "state": "started", "owner": "team-a",
@@ -103,7 +77,7 @@ def _by_name(res):
 
 def test_all_ves_with_every_field(store):
     before = _snapshot(store.root)
-    run = store.runner(_play([store.info("all")]))
+    run = store.runner(play([store.info("all")]))
     res = run.task("all")
     assert not res.changed and res.ok
     assert [v["name"] for v in res["ves"]] == sorted([store.running, store.stopped, store.frozen])
@@ -139,7 +113,7 @@ def test_all_ves_with_every_field(store):
 
 
 def test_filters_by_name_and_state(store):
-    run = store.runner(_play([
+    run = store.runner(play([
         store.info("one", name=[store.stopped]),
         store.info("two", name=[store.frozen, store.running]),
         store.info("running", state=["running"]),
@@ -167,7 +141,7 @@ def test_filters_by_name_and_state(store):
 
 def test_check_mode_and_bad_input(store):
     before = _snapshot(store.root)
-    run = store.runner(_play([
+    run = store.runner(play([
         dict(store.info("check"), check_mode=True),
         dict(store.info("bad name", name=["../etc"]), ignore_errors=True),
         dict(store.info("bad state", state=["sleeping"]), ignore_errors=True),
@@ -183,7 +157,7 @@ def test_check_mode_and_bad_input(store):
 
 def test_empty_store(run_playbook, vz_root):
     """A vz_root without any VE (not even a ves/ dir) lists nothing and creates nothing."""
-    run = run_playbook(_play([{"name": "info", "osvirt.vz.ve_info": {"vz_root": str(vz_root), "name": ["a1"]}}]))
+    run = run_playbook(play([{"name": "info", "osvirt.vz.ve_info": {"vz_root": str(vz_root), "name": ["a1"]}}]))
     res = run.task("info")
     assert res.ok and res["ves"] == [] and res["missing"] == ["a1"]
     assert list(Path(vz_root).iterdir()) == []

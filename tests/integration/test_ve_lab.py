@@ -15,13 +15,11 @@ import secrets
 import time
 from pathlib import Path
 
+from vzlib import play
 
+LAB_HOSTS = "vz_hosts"   # the inventory group of `lab inventory`
 GATEWAY = "10.20.0.1"
 ADDRESSES = ["10.20.0.201", "10.20.0.202", "10.20.0.203"]
-
-
-def _play(tasks, hosts="vz_hosts"):
-    return [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
 
 
 def _lab_ping(lab, host, address, attempts=5):
@@ -82,7 +80,7 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
             assert hostname == names[0]
 
         # ve_info per host
-        run = run_playbook(_play([{"name": "info", "osvirt.vz.ve_info": {"name": names + ["nosuch"]}}]),
+        run = run_playbook(play([{"name": "info", "osvirt.vz.ve_info": {"name": names + ["nosuch"]}}], LAB_HOSTS),
                            inventory=lab.inventory)
         for host in hosts:
             info = run.task("info", host=host)
@@ -95,7 +93,7 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
                 assert ve["template_name"] == template and ve["template_version"] == versions[host]
 
         # the same name on the two hosts are two VEs: stopping it on lab1 leaves lab2's alone
-        run = run_playbook(_play([{"name": "stop", "osvirt.vz.ve": {"name": names[0], "state": "stopped"}}]),
+        run = run_playbook(play([{"name": "stop", "osvirt.vz.ve": {"name": names[0], "state": "stopped"}}], LAB_HOSTS),
                            inventory=lab.inventory, limit=hosts[0])
         assert run.task("stop", host=hosts[0]).changed
         assert _lab_state(lab, hosts[0], names[0]) == "STOPPED"
@@ -104,8 +102,8 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
         assert not _lab_ping(lab, hosts[0], ADDRESSES[0], attempts=1)
 
         # state absent on both hosts
-        run = run_playbook(_play([{"name": "absent", "osvirt.vz.ve": {
-            "state": "absent", "ves": [{"name": n} for n in names]}}]), inventory=lab.inventory)
+        run = run_playbook(play([{"name": "absent", "osvirt.vz.ve": {
+            "state": "absent", "ves": [{"name": n} for n in names]}}], LAB_HOSTS), inventory=lab.inventory)
         for host in hosts:
             res = run.task("absent", host=host)
             assert res.changed and [v["state"] for v in res["ves"]] == ["absent"] * 3
@@ -113,11 +111,11 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
                 assert _lab_state(lab, host, name) == "ABSENT"
                 assert not Path("/sys/fs/cgroup/memory", "vzlab-" + host, name).exists()
     finally:
-        run_playbook(_play([
+        run_playbook(play([
             {"name": "cleanup ves", "ignore_errors": True,
              "osvirt.vz.ve": {"state": "absent", "ves": [{"name": n} for n in names]}},
             {"name": "cleanup template", "ignore_errors": True,
              "osvirt.vz.template": {"name": template, "state": "absent"}},
-        ]), inventory=lab.inventory)
+        ], LAB_HOSTS), inventory=lab.inventory)
         for host in hosts:   # state=absent keeps the empty templates/<name> directory
             lab.exec(host, "rmdir", "/var/lib/vz/templates/" + template, check=False)

@@ -1,0 +1,106 @@
+# -*- coding: utf-8 -*-
+# Copyright: osvirt developers
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Plain helpers shared by the integration tests (fixtures live in conftest.py).
+
+Importable as ``vzlib`` from the test modules and from conftest.py: pytest puts
+tests/integration on sys.path (no ``__init__.py`` here, default ``prepend`` import mode).
+
+``play(tasks, hosts="localhost")``
+    One play (as Python data for ``run_playbook``) running ``tasks`` on ``hosts``.
+``sh(*argv, check=True, timeout=120)``
+    Runs argv (never a shell string) with no stdin; returns the CompletedProcess, text output.
+``ping(address, attempts=5)``
+    True when ``address`` answers one echo request (busybox ping, 2 s per attempt).
+``remove_cgroups(parent)``
+    rmdir the empty cgroup dirs of a test's cgroup parent (and ``<parent>.monitor``).
+``kill_all(lxcpath)``
+    lxc-stop -k every active container under ``lxcpath``.
+``new_cgroup_parent()``
+    A fresh random cgroup parent name (``vzt-<hex>``) for one test.
+``VeStore(root, parent, version, prefix, run)``
+    One test's VE store (vz_root, cgroup parent, template version, VE name prefix, playbook
+    runner) with the task builders and lxc queries the VE tests share; they subclass it.
+"""
+
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+
+def play(tasks, hosts="localhost"):
+    """One play without fact gathering that runs ``tasks`` on ``hosts``."""
+    return [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
+
+
+def sh(*argv, check=True, timeout=120):
+    """Run ``argv`` with captured text output and no stdin; raise on rc != 0 when ``check``."""
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def ping(address, attempts=5):
+    """One echo request answered within 2 s, trying up to ``attempts`` times (a VE that has
+    just started may still be announcing itself on the bridge)."""
+    for _attempt in range(attempts):
+        if sh("busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def new_cgroup_parent():
+    """A cgroup parent name of one test, so tests never share cgroups."""
+    return "vzt-" + secrets.token_hex(3)
+
+
+def remove_cgroups(parent):
+    """rmdir the (empty) cgroup dirs of ``parent`` and ``parent.monitor`` in every hierarchy."""
+    for mount in Path("/sys/fs/cgroup").iterdir():
+        for top in (mount / parent, mount / (parent + ".monitor")):
+            if top.is_dir():
+                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                    try:
+                        os.rmdir(current)
+                    except OSError:
+                        pass
+
+
+def kill_all(lxcpath):
+    """Stop (kill) every active container under ``lxcpath``; nothing when it does not exist."""
+    if not Path(lxcpath).is_dir():
+        return
+    names = sh("lxc-ls", "-1", "-P", str(lxcpath), "--active", check=False).stdout.split()
+    for name in names:
+        sh("lxc-stop", "-k", "-P", str(lxcpath), "-n", name, check=False)
+
+
+class VeStore:
+    """One test's VE store: a vz_root with the template, its own cgroup parent and name prefix,
+    and ``run`` (the ``run_playbook`` fixture or a PlaybookRunner)."""
+
+    def __init__(self, root, parent, version, prefix, run):
+        self.root, self.parent, self.version, self.prefix, self.run = root, parent, version, prefix, run
+
+    @property
+    def ves(self) -> Path:
+        return self.root / "ves"
+
+    def name(self, short):
+        """A VE name of this test (the random prefix keeps veth names apart)."""
+        return "%s-%s" % (self.prefix, short)
+
+    def ve(self, **options):
+        """The options of one osvirt.vz.ve task in this store."""
+        return dict({"vz_root": str(self.root), "cgroup_parent": self.parent}, **options)
+
+    def task(self, title, **options):
+        """One osvirt.vz.ve task called ``title`` in this store."""
+        return {"name": title, "osvirt.vz.ve": self.ve(**options)}
+
+    def lxc_state(self, name):
+        """lxc-info's state word of VE ``name`` (RUNNING, STOPPED, FROZEN), or ABSENT."""
+        proc = sh("lxc-info", "-P", str(self.ves), "-n", name, "-sH", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else "ABSENT"
