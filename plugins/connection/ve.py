@@ -17,7 +17,7 @@ description:
     inside the VE.
   - Files are streamed through the attach in both directions (binary safe, any size, any file
     name); C(put_file) keeps the mode of the local file.
-  - C(become) runs inside the VE (for example O(become_method=su) or C(sudo) of the VE), built
+  - C(become) runs inside the VE (for example C(become_method=su) or C(sudo) of the VE), built
     by Ansible's become plugins. Password prompts of become are not answered; root in the VE
     needs none.
   - The inventory plugin C(osvirt.vz.ve) sets every variable below for the VEs it lists.
