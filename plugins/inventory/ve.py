@@ -300,10 +300,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             'vz_ve': ve['name'],
         }
         variables.update(target['ssh'])
-        for key in ('state', 'pid', 'template', 'template_name', 'template_version', 'addresses', 'network',
-                    'limits', 'hostname', 'autostart', 'privileged', 'owner', 'created'):
-            variables['vz_' + key] = ve.get(key)
-        variables = wrap_var(variables)
+        # what the host said about its VE is data, never a template
+        variables.update(wrap_var({'vz_' + key: ve.get(key) for key in (
+            'state', 'pid', 'template', 'template_name', 'template_version', 'addresses', 'network',
+            'limits', 'hostname', 'autostart', 'privileged', 'owner', 'created')}))
         for key, value in variables.items():
             self.inventory.set_variable(name, key, value)
         self._set_composite_vars(self.get_option('compose'), variables, name, strict=strict)

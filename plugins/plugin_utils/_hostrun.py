@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.module_utils.common.text.converters import to_text
@@ -27,6 +28,9 @@ from ansible.plugins.loader import connection_loader
 
 LOCAL_NAMES = ('localhost', '127.0.0.1', '::1')
 _LOCAL_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+# The plugin loader imports a plugin's module on first use; two threads doing that at once see a
+# half-initialised module ("module ... ssh has no attribute 'Connection'"): load one at a time.
+_LOADER_LOCK = threading.Lock()
 
 
 def quote_command(argv):
@@ -57,8 +61,9 @@ class HostRunner:
     def _ssh_plugin(self, user, port, private_key_file, ssh_common_args, ssh_extra_args, password, timeout):
         context = PlayContext()
         context.remote_addr = self.address
-        conn = connection_loader.get('ansible.builtin.ssh', context, task_uuid='osvirt.vz',
-                                     ansible_playbook_pid=str(os.getpid()))
+        with _LOADER_LOCK:
+            conn = connection_loader.get('ansible.builtin.ssh', context, task_uuid='osvirt.vz',
+                                         ansible_playbook_pid=str(os.getpid()))
         variables = {
             'ansible_host': self.address,
             'ansible_user': user,
