@@ -14,6 +14,7 @@ on the host); the connection and inventory plugins pass a runner that goes over 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from .._errors import VzError
@@ -29,6 +30,10 @@ STATE_WORDS = {
     'FROZEN': 'frozen',
     'THAWED': 'running',
 }
+
+# The listing every reader of VE states uses (modules, inventory plugin): one lxc-ls per host.
+LIST_ARGS = ('--fancy', '--fancy-format', 'NAME,STATE,PID')
+ENV_NAME_RE = re.compile(r'[A-Za-z_][A-Za-z0-9_]*')
 
 _ENV = dict(os.environ, LC_ALL='C', LANG='C')
 _ENV.setdefault('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')
@@ -64,12 +69,16 @@ class LxcClient:
         self.runner = runner
 
     # -- plumbing -------------------------------------------------------------------------
-    def call(self, tool, name=None, args=(), check=True, data=None, what=None):
-        """Run ``tool -P lxcpath [-n name] args...``; raise LxcError on failure when ``check``."""
+    def argv(self, tool, name=None, args=()):
+        """The argv list ``tool -P lxcpath [-n name] args...`` (nothing is run)."""
         argv = [tool, '-P', self.lxcpath]
         if name is not None:
             argv += ['-n', name]
-        argv += list(args)
+        return argv + list(args)
+
+    def call(self, tool, name=None, args=(), check=True, data=None, what=None):
+        """Run ``tool -P lxcpath [-n name] args...``; raise LxcError on failure when ``check``."""
+        argv = self.argv(tool, name, args)
         rc, out, err = self.runner(argv, data)
         if check and rc != 0:
             detail = (err or out).strip().splitlines()
@@ -79,10 +88,13 @@ class LxcClient:
         return rc, out, err
 
     # -- queries --------------------------------------------------------------------------
+    def list_argv(self):
+        """argv of the listing that ``list`` runs and ``parse_ls`` reads (for runners that batch it)."""
+        return self.argv('lxc-ls', args=LIST_ARGS)
+
     def list(self):
         """Every container of the lxcpath as ``{name: {'state': ..., 'pid': int or None}}``; one command."""
-        _rc, out, _err = self.call('lxc-ls', args=['--fancy', '--fancy-format', 'NAME,STATE,PID'],
-                                   what='listing VEs')
+        _rc, out, _err = self.call('lxc-ls', args=LIST_ARGS, what='listing VEs')
         return parse_ls(out)
 
     def state(self, name):
@@ -117,10 +129,26 @@ class LxcClient:
         self.call('lxc-wait', name, ['--state', '|'.join(states), '--timeout', str(int(timeout))],
                   what='waiting for VE %s to be %s' % (name, ' or '.join(states)))
 
-    def attach(self, name, argv, data=None, check=True):
-        """Run ``argv`` inside the VE (clear environment); returns (rc, stdout, stderr)."""
-        return self.call('lxc-attach', name, ['--clear-env', '--'] + list(argv), check=check, data=data,
+    def attach_argv(self, name, argv, env=None):
+        """argv of ``lxc-attach`` running ``argv`` inside the VE with a clear environment plus ``env``.
+
+        Every word stays one argv element; a runner that goes over SSH quotes each one.
+        """
+        return self.argv('lxc-attach', name, _attach_args(argv, env))
+
+    def attach(self, name, argv, data=None, check=True, env=None):
+        """Run ``argv`` inside the VE (clear environment plus ``env``); returns (rc, stdout, stderr)."""
+        return self.call('lxc-attach', name, _attach_args(argv, env), check=check, data=data,
                          what='running %s in VE %s' % (argv[0], name))
+
+
+def _attach_args(argv, env):
+    args = ['--clear-env']
+    for key, value in (env or {}).items():
+        if not ENV_NAME_RE.fullmatch(key):
+            raise VzError('invalid environment variable name %r' % (key,))
+        args += ['--set-var', '%s=%s' % (key, value)]
+    return args + ['--'] + list(argv)
 
 
 def parse_ls(text):
