@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 import vefleet
-from vefleet import PYTHON_MOUNTS, drive, play, sh
+from vefleet import PYTHON_MOUNTS, drive
+from vzlib import play, sh
 
 TARGETS = ("ve-local", "ve-lab1", "ve-lab2")
 AWKWARD = ["with space", "it's", 'dq"x', "-leading-dash", "ünï-漢字", "$(touch pwned)", "semi;colon", "back\\slash"]
@@ -67,8 +68,8 @@ def _write_inventory(path, fleet):
 
 
 @pytest.fixture(scope="module")
-def fleet(request, lab, localhost, tmp_path_factory):
-    h = vefleet.harness(request.config)
+def fleet(harness, lab, localhost, tmp_path_factory):
+    h = harness
     workdir = tmp_path_factory.mktemp("conn")
     runner = h.PlaybookRunner(workdir, localhost)
     root = Path(tempfile.mkdtemp(prefix="vz-test-conn-", dir="/var/tmp"))

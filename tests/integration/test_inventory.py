@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 import vefleet
-from vefleet import PYTHON_MOUNTS, play
+from vefleet import PYTHON_MOUNTS
+from vzlib import play
 
 GHOST = "198.18.0.99"   # inside the lab network; nothing answers there
 ADDRESS = "10.20.0.210"
@@ -83,8 +84,8 @@ def members(data, group):
 
 
 @pytest.fixture(scope="module")
-def fleet(request, lab, tmp_path_factory):
-    h = vefleet.harness(request.config)
+def fleet(harness, lab, tmp_path_factory):
+    h = harness
     workdir = tmp_path_factory.mktemp("inv")
     tag = secrets.token_hex(3)
     prefix = "i" + secrets.token_hex(2)

@@ -20,6 +20,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from vzlib import sh
+
 PYTHON_MOUNTS = [
     {"source": "/usr", "target": "/usr", "readonly": True},
     {"source": "/usr/lib", "target": "/lib", "readonly": True},
@@ -29,24 +31,6 @@ PYTHON_MOUNTS = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 COLLECTIONS_PATH = REPO_ROOT / ".build" / "collections"
-
-
-def harness(config):
-    """The integration conftest module (PlaybookRunner etc.) for module-scoped fixtures."""
-    for plugin in config.pluginmanager.get_plugins():
-        path = getattr(plugin, "__file__", "") or ""
-        if path.endswith(os.path.join("tests", "integration", "conftest.py")):
-            return plugin
-    raise RuntimeError("tests/integration/conftest.py is not loaded")
-
-
-def play(tasks, hosts="localhost"):
-    return [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
-
-
-def sh(*argv, check=True, timeout=120, **kwargs):
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kwargs)
 
 
 def inventory_hostvars(inventory):

@@ -35,10 +35,10 @@ def play(tasks, hosts="localhost"):
     return [{"hosts": hosts, "gather_facts": False, "tasks": tasks}]
 
 
-def sh(*argv, check=True, timeout=120):
+def sh(*argv, check=True, timeout=120, **kwargs):
     """Run ``argv`` with captured text output and no stdin; raise on rc != 0 when ``check``."""
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
 
 
 def ping(address, attempts=5):
