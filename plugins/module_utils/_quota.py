@@ -250,11 +250,17 @@ def create_subvolume(path, mode=0o711, uid=None, gid=None):
 
 
 def make_private_area(host, path, uid=None, gid=None):
-    """Create a VE's private directory: a subvolume when the host supports quotas, else a plain directory.
+    """Create a VE's private directory: a subvolume when vz_root is on btrfs, else a plain directory.
 
-    The VE manager calls this when it creates a VE, so a later disk.space needs no conversion.
+    The VE manager calls this when it creates a VE, so a later disk.space needs no conversion. It is
+    a subvolume even while quotas are off: enabling them later gives every subvolume its quota group.
     """
-    if quota_supported(host)[0]:
+    try:
+        filesystem_uuid(os.path.dirname(os.path.abspath(path)))
+        on_btrfs = True
+    except OSError:
+        on_btrfs = False
+    if on_btrfs:
         create_subvolume(path, 0o711, uid, gid)
     else:
         os.mkdir(path, 0o711)
