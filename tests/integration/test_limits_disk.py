@@ -287,3 +287,65 @@ def test_a_host_without_quotas_says_why_and_what_to_do(vz_root):
     (vz_root / "ves" / "web1" / "private").mkdir(parents=True)
     refused = quota("apply", vz_root, "web1", space=20 * MIB)
     assert refused["error"].startswith("VE web1: disk.space cannot be applied: vz_root"), refused
+
+
+# --------------------------------------------- through the modules (osvirt.vz.ve, ve_limits, ve_info)
+
+
+def test_disk_space_through_the_modules(store, run_playbook, four_steps):
+    root, parent = store
+    name = "q" + secrets.token_hex(3)
+    common = {"name": name, "vz_root": str(root), "cgroup_parent": parent}
+    result = four_steps({"osvirt.vz.ve": dict(common, template="busybox", state="started",
+                                              limits={"disk": {"space": "20M"}})})
+    real = result.steps["localhost"][1]
+    assert real["ve"]["state"] == "running"
+    assert quota("usage", root, name)["space_limit"] == 20 * MIB
+    pid = sh("lxc-info", "-P", root / "ves", "-n", name, "-pH").stdout.strip()
+    write = attach(root, name, "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=30")
+    assert "Disk quota exceeded" in write.stderr, write
+
+    # raised live with the vzctl alias; the write succeeds, same init pid
+    result = four_steps({"osvirt.vz.ve_limits": dict(common, limits={"diskspace": "50M"})})
+    check, real = result.steps["localhost"][:2]
+    assert check["diff"]["before"]["limits"]["disk"]["space"] != check["diff"]["after"]["limits"]["disk"]["space"]
+    assert quota("usage", root, name)["space_limit"] == 50 * MIB
+    assert attach(root, name, "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=30").returncode == 0
+    assert sh("lxc-info", "-P", root / "ves", "-n", name, "-pH").stdout.strip() == pid
+
+    # usage against the limit in ve_info
+    sh("sync")
+    info = run_playbook(play({"name": "info", "osvirt.vz.ve_info": {"name": [name], "vz_root": str(root)}}))
+    disk = info.task("info")["ves"][0]["usage"]["disk"]
+    assert disk["space_limit"] == 50 * MIB and 30 * MIB <= disk["space_used"] <= 32 * MIB, disk
+
+    # bad input: one clear error each, the limit stays
+    for limits, message in (({"disk": {"space": "10M"}}, "force: true"),
+                            ({"disk": {"inodes": 1000}}, "disk.inodes cannot be limited"),
+                            ({"disk": {"space": "0"}}, "disk.space")):
+        run = run_playbook(play({"name": "bad", "osvirt.vz.ve_limits": dict(common, limits=limits)}),
+                           expect_fail=True)
+        assert message in run.task("bad").msg, run.report()
+        assert quota("usage", root, name)["space_limit"] == 50 * MIB
+    run = run_playbook(play({"name": "forced", "osvirt.vz.ve_limits": dict(
+        common, limits={"disk": {"space": "10M"}}, force=True)}))
+    assert run.task("forced").changed and quota("usage", root, name)["space_limit"] == 10 * MIB
+
+    # removal: no subvolume, no quota group left
+    qgroup = "0/%s" % sh("btrfs", "inspect-internal", "rootid", root / "ves" / name / "private").stdout.strip()
+    run_playbook(play({"name": "absent", "osvirt.vz.ve": dict(common, state="absent")}))
+    sh("btrfs", "subvolume", "sync", root)
+    assert qgroup not in qgroups(root)
+    assert sh("btrfs", "subvolume", "list", root).stdout.strip() == ""
+
+
+def test_the_modules_on_a_host_without_quotas(vz_root, run_playbook):
+    # vz_root of the usual fixture is on ext4 here: disk.space is refused, saying what to do
+    os.chmod(vz_root, 0o711)
+    run_playbook(play({"name": "template", "osvirt.vz.template": {"name": "busybox", "vz_root": str(vz_root)}}))
+    run = run_playbook(play({"name": "ve", "osvirt.vz.ve": {
+        "name": "q" + secrets.token_hex(3), "template": "busybox", "state": "present", "vz_root": str(vz_root),
+        "limits": {"disk": {"space": "20M"}}}}), expect_fail=True)
+    message = run.task("ve").msg
+    assert "disk.space cannot be applied" in message and "host_vz_filesystem" in message, message
+    assert not (vz_root / "ves").exists() or list((vz_root / "ves").iterdir()) == []
