@@ -212,8 +212,9 @@ def quota_supported(host):
     if not os.path.isdir(os.path.join(SYSFS_BTRFS, fsid, 'qgroups')):
         mount = _mount_of(path)
         point = mount['mount_point'] if mount else path
-        return False, ('vz_root %s is on btrfs but quotas are not enabled there; run the osvirt.vz.host role '
-                       'with host_vz_filesystem, or "btrfs quota enable %s"' % (host.vz_root, point))
+        return False, ('vz_root %s is on btrfs but quotas are not enabled there; enable them with '
+                       '"btrfs quota enable %s" (the osvirt.vz.host role does it for the btrfs image it makes '
+                       'with host_vz_filesystem)' % (host.vz_root, point))
     return True, 'btrfs quota groups on the file system of %s' % host.vz_root
 
 

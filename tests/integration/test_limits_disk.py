@@ -85,8 +85,9 @@ def btrfs_tools():
 
 
 @pytest.fixture
-def quota_root(btrfs_tools):
-    """A vz_root on a fresh 256M btrfs loop file system with quotas enabled, removed afterwards."""
+def quota_root(request, btrfs_tools):
+    """A vz_root on a fresh 256M btrfs loop file system with quotas enabled (unless the test passes
+    False as the fixture's param), removed afterwards."""
     base = Path(tempfile.mkdtemp(prefix="vz-quota-", dir="/var/tmp"))
     image, root = base / "vz.img", base / "vz"
     root.mkdir()
@@ -97,7 +98,8 @@ def quota_root(btrfs_tools):
         sh("mkfs.btrfs", "-q", "-f", image)
         sh("mount", "-o", "loop", image, root)
         mounted = True
-        sh("btrfs", "quota", "enable", root)
+        if getattr(request, "param", True):
+            sh("btrfs", "quota", "enable", root)
         os.chmod(base, 0o711)
         os.chmod(root, 0o711)   # unprivileged VEs traverse vz_root
         yield root
@@ -264,6 +266,25 @@ def test_remove_quota_of_a_moved_private_area(store, run_playbook):
     assert quota("remove", root, name, path=str(moved)) is False
     sh("btrfs", "subvolume", "sync", root)
     assert qgroup not in qgroups(root)
+
+
+@pytest.mark.parametrize("quota_root", [False], indirect=True)
+def test_quotas_enabled_after_the_ve_was_made(store, run_playbook):
+    root, parent = store
+    name = "q" + secrets.token_hex(3)
+    run_playbook(play(ve_task(root, parent, name, "stopped")))
+    # btrfs without quotas: refused with what to do; the private area is a subvolume already
+    supported, reason = quota("supported", root, name)
+    assert supported is False and 'btrfs quota enable %s' % root in reason, reason
+    refused = quota("apply", root, name, space=20 * MIB)
+    assert "quotas are not enabled" in refused["error"], refused
+    assert (root / "ves" / name / "private").stat().st_ino == 256
+    # once enabled, that subvolume has its quota group: no move needed, even while the VE runs
+    sh("btrfs", "quota", "enable", root)
+    run_playbook(play(ve_task(root, parent, name, "started")))
+    assert quota("apply", root, name, space=20 * MIB, running=True)["changed"] is True
+    write = attach(root, name, "dd", "if=/dev/zero", "of=/root/big", "bs=1M", "count=30")
+    assert "Disk quota exceeded" in write.stderr, write
 
 
 @pytest.mark.parametrize("space, message", [
