@@ -636,6 +636,11 @@ def is_limit_key(key):
 
 
 # -- live changes ------------------------------------------------------------------------------
+def read_file(path):
+    """The stripped content of a cgroup file, None when it cannot be read."""
+    return _read(path)
+
+
 def _read(path):
     try:
         with open(path) as handle:
@@ -722,6 +727,39 @@ def _order(writes):
     return [files[f] for f in order]
 
 
+def same(path, current, wanted):
+    """True when cgroup file ``path`` reading ``current`` already holds ``wanted`` (as written)."""
+    if current is None:
+        return False
+    base = os.path.basename(path)
+    if base.startswith('blkio.throttle.'):
+        device, _sep, value = wanted.partition(' ')
+        lines = dict(line.split(None, 1) for line in current.splitlines() if ' ' in line)
+        return lines.get(device, '0') == value
+    if base == 'io.max':
+        device = wanted.split()[0]
+        found = [line for line in current.splitlines() if line.split()[:1] == [device]]
+        return sorted((found or ['%s rbps=max wbps=max riops=max wiops=max' % device])[0].split()) == sorted(wanted.split())
+    if base in ('cpuset.cpus',):
+        try:
+            return parse_cpuset(current or 'x') == parse_cpuset(wanted)
+        except VzError:
+            return False
+    have, want = _as_int(current), _as_int(wanted)
+    if base.startswith('memory.') and current.strip().lstrip('-').isdigit() and wanted.strip().lstrip('-').isdigit():
+        if have is None or want is None:
+            return have is None and want is None
+        return abs(have - want) < 4096     # the kernel keeps whole pages
+    if base in ('blkio.bfq.weight', 'io.weight', 'io.bfq.weight'):
+        return current.split()[-1:] == wanted.split()[-1:] and current.splitlines()[0].split()[-1:] == wanted.split()[-1:]
+    return ' '.join(current.split()) == ' '.join(wanted.split())
+
+
+def pending(writes):
+    """The writes of ``live_plan`` that would change a file (the others are already in force)."""
+    return [(p, v) for p, v in writes if not same(p, _read(p), v)]
+
+
 def apply_live(writes):
     """Write ``[(path, value)]`` in order; on a failure restore what was written and raise VzError.
 
@@ -733,9 +771,9 @@ def apply_live(writes):
         try:
             _write(path, value)
         except OSError as exc:
-            for done_path, done_before, _after in reversed(done):
+            for done_path, done_before, after in reversed(done):
                 try:
-                    _write(done_path, _restorable(done_path, done_before))
+                    _write(done_path, restorable(done_path, done_before, after))
                 except OSError:
                     pass
             reason = {errno.EBUSY: 'the kernel could not reclaim enough memory to get under the new limit',
@@ -746,15 +784,28 @@ def apply_live(writes):
     return done
 
 
-def _restorable(path, value):
-    """A value read from a cgroup file in the form the file accepts back."""
+def restorable(path, value, written):
+    """The value read from cgroup file ``path`` before ``written`` went in, in a form it accepts back."""
     base = os.path.basename(path)
     if base in ('memory.limit_in_bytes', 'memory.memsw.limit_in_bytes', 'memory.soft_limit_in_bytes') and \
             _as_int(value) is None:
         return '-1'
-    if base.startswith('blkio.throttle.') or value is None:
-        return value or ''
-    return value
+    if base.startswith('blkio.throttle.'):
+        device = written.split()[0]
+        lines = dict(line.split(None, 1) for line in (value or '').splitlines() if ' ' in line)
+        return '%s %s' % (device, lines.get(device, '0'))
+    if base == 'io.max':
+        device = written.split()[0]
+        found = [line for line in (value or '').splitlines() if line.split()[:1] == [device]]
+        return found[0] if found else '%s rbps=max wbps=max riops=max wiops=max' % device
+    if base == 'cpu.max' and value and len(value.split()) == 2:
+        return value
+    return value if value is not None else ''
+
+
+def undo(done):
+    """Put back the values ``apply_live`` replaced (its return value), last write first."""
+    apply_live([(p, restorable(p, before, after)) for p, before, after in reversed(done)])
 
 
 # -- accounting --------------------------------------------------------------------------------
@@ -816,7 +867,7 @@ def percent(used, limit):
 
 def parse_thresholds(raw):
     """``{memory: 90, numproc: 80, disk: 90}`` from {memory: 90%, ...}."""
-    known = ('memory', 'numproc', 'disk', 'cpu', 'inodes')
+    known = ('memory', 'numproc', 'disk', 'inodes')
     out = {}
     for key, value in (raw or {}).items():
         if key not in known:
@@ -842,8 +893,6 @@ def over_thresholds(name, accounting, thresholds):
                      'limit': (accounting.get('disk') or {}).get('inodes_limit')}
         elif resource == 'disk':
             entry = {'used': entry.get('space_used'), 'limit': entry.get('space_limit')}
-        elif resource == 'cpu':
-            entry = {'used': entry.get('recent_percent'), 'limit': entry.get('limit')}
         value = percent(entry.get('used'), entry.get('limit'))
         if value is not None and value >= threshold:
             out.append({'name': name, 'resource': resource, 'used': entry.get('used'), 'limit': entry.get('limit'),
