@@ -193,7 +193,8 @@ def _sync(path):
 
 
 def _data_path(host):
-    return host.ves_dir if os.path.isdir(host.ves_dir) else host.vz_root
+    # resolved: a vz_root that is a symbolic link still names the file system it points to
+    return os.path.realpath(host.ves_dir if os.path.isdir(host.ves_dir) else host.vz_root)
 
 
 def quota_supported(host):
