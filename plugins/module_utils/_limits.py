@@ -531,7 +531,8 @@ def cgroup_settings(name, limits, facts, device=None):
     cpu = limits.get('cpu') or {}
     if 'units' in cpu:
         units = cpu['units']
-        add('cpu', 'cpu.units', [('cpu.shares', max(2, units * 1024 // 1000))],
+        # the kernel clamps cpu.shares to 2..262144 silently; clamp here so a re-read matches
+        add('cpu', 'cpu.units', [('cpu.shares', min(262144, max(2, units * 1024 // 1000)))],
             [('cpu.weight', min(10000, max(1, int(round(units / 10.0)))))])
     if 'limit' in cpu:
         quota = int(round(cpu['limit'] * CPU_PERIOD_US / 100.0))
@@ -831,7 +832,9 @@ def usage(tree, parent, name, limits):
         if version == 'v1':
             used = _as_int(_read(path('memory', 'memory.usage_in_bytes')))
             oom = _keyed(_read(path('memory', 'memory.oom_control')))
-            failcnt = _as_int(_read(path('memory', 'memory.failcnt')))
+            # with memory.swap set the memsw counter is the one that trips (memsw = ram + swap)
+            failcnt = max(_as_int(_read(path('memory', 'memory.failcnt'))) or 0,
+                          _as_int(_read(path('memory', 'memory.memsw.failcnt'))) or 0)
             mem = {'used': used, 'failcnt': failcnt, 'oom_kills': oom.get('oom_kill'),
                    'max_used': _as_int(_read(path('memory', 'memory.max_usage_in_bytes')))}
         else:
