@@ -603,9 +603,10 @@ def _burst(rate_bytes):
 # Public API
 # ---------------------------------------------------------------------------------------------
 
-def ensure_shaping(ifname, want, capacity_bps=None, check_mode=False, netlink=None):
+def ensure_shaping(ifname, want, capacity_bps=None, check_mode=False, netlink=None, only_if_gone=False):
     """Bring ``ifname`` to ``want`` (``Rates`` or None). ``capacity_bps``: what all VEs of the
     host may send together (None: keep the tree's, or ``DEFAULT_CAPACITY_BPS`` for a new one).
+    ``only_if_gone`` (removal only): do nothing while a link of that name exists.
 
     Returns a dict with ``changed``, ``actions`` (readable strings), ``before`` and ``after``
     (``{'rate_bps', 'ceil_bps'}`` or None; ``after`` predicted in check mode). Raises
@@ -616,6 +617,9 @@ def ensure_shaping(ifname, want, capacity_bps=None, check_mode=False, netlink=No
         with nl.lock():
             state = nl.read(ifname)
             before = state.shaping()
+            if only_if_gone and want is None and state.link_index is not None:
+                return {"changed": False, "actions": [], "before": before and before.as_bps(),
+                        "after": before and before.as_bps()}
             steps = plan_shaping(state, want, capacity)
             if not check_mode:
                 for step in steps:
@@ -653,11 +657,16 @@ def read_shaping(ifname, netlink=None):
     return found.as_bps() if found else None
 
 
-def clear_shaping(ifname, check_mode=False, netlink=None):
+def clear_shaping(ifname, check_mode=False, netlink=None, only_if_gone=False):
     """Remove the shaping of ``ifname`` (also when ``ifname`` is gone, e.g. after the VE
     stopped); the shaping device goes with the last shaped VE. Returns the ``ensure_shaping``
-    dict."""
-    return ensure_shaping(ifname, None, check_mode=check_mode, netlink=netlink)
+    dict.
+
+    ``only_if_gone``: leave it while a link of that name exists. The post-stop hook uses it: LXC
+    may still be tearing down a start that failed while the next start of the VE has made a new
+    link and shaped it.
+    """
+    return ensure_shaping(ifname, None, check_mode=check_mode, netlink=netlink, only_if_gone=only_if_gone)
 
 
 def link_counters(ifname, netlink=None):

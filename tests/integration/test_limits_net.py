@@ -406,3 +406,44 @@ def test_rate_is_guaranteed_and_ceil_borrowed_when_two_ves_compete():
     finally:
         for namespace in [host_ns] + list(ve_ns.values()):
             sh("ip", "netns", "del", namespace, check=False)
+
+
+def test_modules_shape_a_running_ve_live_four_steps(ctx, four_steps):
+    """The whole chain: osvirt.vz.ve creates a VE with a rate, osvirt.vz.ve_limits changes it live
+    (four steps), a restart keeps it, osvirt.vz.ve_info reports it, removal unshapes."""
+    name = ctx.name("mod")
+    net = [{"name": "eth0", "bridge": BRIDGE, "ipv4": ["10.20.0.191/24"], "gateway4": GATEWAY}]
+    created = ctx.run([{"hosts": "localhost", "gather_facts": False, "tasks": [ctx.task(
+        "create", name=name, template="busybox", state="started", network=net, limits={"rate": "8Mbit"})]}])
+    link = json.loads((ctx.ves / name / "ve.json").read_text())["network"][0]["host_link"]
+    assert created.task("create")["changed"]
+    assert shaping("read_shaping", link) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
+    pid = ctx.pid(name)
+
+    task = {"osvirt.vz.ve_limits": {"vz_root": str(ctx.root), "cgroup_parent": ctx.parent, "name": name,
+                                    "limits": {"net": {"rate": "12Mbit", "ceil": "3M/s"}}}}
+    result = four_steps(task)
+    check, real, _again, _check_again = result.steps["localhost"]
+    assert check["diff"]["before"]["limits"]["net"] == {"rate": "8Mbit"}
+    after = real["diff"]["after"]["limits"]["net"]
+    assert after["rate"] == "12Mbit" and "ceil" in after, after
+    # live: the same init, the new class in the kernel (3M/s = 3 MiB/s = 25165824 bit/s)
+    assert ctx.pid(name) == pid
+    assert shaping("read_shaping", link) == {"rate_bps": 12 * MBIT, "ceil_bps": 25165824}
+    # a restart keeps it (the hook, or the module after its start)
+    ctx.run([{"hosts": "localhost", "gather_facts": False,
+              "tasks": [ctx.task("restart", name=name, state="restarted")]}])
+    assert ctx.pid(name) != pid
+    assert shaping("read_shaping", link) == {"rate_bps": 12 * MBIT, "ceil_bps": 25165824}
+    # ve_info: the rate and the VE's traffic
+    ctx.attach(name, "ping", "-c", "2", "-W", "2", GATEWAY, check=False)
+    info = ctx.run([{"hosts": "localhost", "gather_facts": False, "tasks": [{"name": "info", "osvirt.vz.ve_info": {
+        "vz_root": str(ctx.root), "name": [name]}}]}]).task("info")
+    usage = info["ves"][0]["usage"]["net"]
+    assert usage["rate"] == 12 * MBIT and usage["ceil"] == 25165824, usage
+    assert usage["tx_bytes"] and usage["tx_bytes"] > 0, usage
+    # removal: unshaped, live
+    ctx.run([{"hosts": "localhost", "gather_facts": False,
+              "tasks": [{"name": "unshape", "osvirt.vz.ve_limits": dict(task["osvirt.vz.ve_limits"],
+                                                                        limits={"net": None})}]}])
+    assert shaping("read_shaping", link) is None and tc_class_of(link) is None

@@ -375,6 +375,18 @@ def test_clear_after_the_ve_stopped_removes_its_class():
     assert kernel.ops() == ["del_classifier", "del_class"] and kernel.class_of(LINK) is None
 
 
+def test_clear_only_if_gone_leaves_a_live_link_alone():
+    kernel = FakeKernel()
+    apply_shaping(LINK, 8 * MBIT, netlink=kernel)
+    kernel.applied.clear()
+    result = clear_shaping(LINK, only_if_gone=True, netlink=kernel)
+    assert not result["changed"] and kernel.applied == []
+    assert result["after"] == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
+    kernel.stop(LINK)
+    assert clear_shaping(LINK, only_if_gone=True, netlink=kernel)["actions"] == [
+        "delete the shaping device vzshape0 (no VE is shaped)"]
+
+
 def test_leftovers_of_stopped_ves_go_with_the_next_change():
     kernel = FakeKernel(links=(LINK, OTHER))
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
