@@ -35,6 +35,8 @@ class Host:
         self.cgroup_parent = _validate.cgroup_parent(
             cgroup_parent or settings.get('cgroup_parent') or DEFAULT_CGROUP_PARENT)
         self.bridge = _validate.ifname(bridge or settings.get('bridge') or DEFAULT_BRIDGE, 'bridge name')
+        # how far the sum of VE guarantees may exceed the host's capacity (limits admission control)
+        self.overcommit = settings.get('overcommit', 1.0)
         self.subuid_file = subuid_file
         self.subgid_file = subgid_file
         self.user = user

@@ -28,7 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _validate
+from . import _limits, _quota, _validate
 from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
@@ -44,8 +44,12 @@ OWNED_PREFIXES = (
     'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
     'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
     'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
-    'lxc.include',
-)
+    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
+) + _limits.OWNED_PREFIXES
+
+# The host role's LXC hook that shapes a VE's network rate at every start (lxc-autostart too).
+NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
+_LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
 
 # Security defaults of every VE (DESIGN.md section 7). Device rules follow LXC's common.conf.
 DROPPED_CAPABILITIES = 'mac_admin mac_override sys_module sys_rawio sys_time'
@@ -62,7 +66,14 @@ SPEC_DEFAULTS = {
     'privileged': False,
     'owner': None,
 }
-SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS)
+SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
+
+
+def _shaping():
+    """The network shaping module, imported only when a VE has network limits: it loads pyroute2,
+    which costs about 0.2 s per module run."""
+    from . import _shaping as shaping  # pylint: disable=import-outside-toplevel
+    return shaping
 
 
 def is_owned(key):
@@ -187,8 +198,11 @@ def normalize_mounts(ve, mounts, host):
     return result
 
 
-def render_config(host, meta, lower_dirs, init):
-    """The owned LXC config entries of a VE, as (key, value) pairs in a fixed order."""
+def render_config(host, meta, lower_dirs, init, limit_items=()):
+    """The owned LXC config entries of a VE, as (key, value) pairs in a fixed order.
+
+    ``limit_items`` are the VE's limits as lxc.cgroup.* / lxc.cgroup2.* entries (``_limits.config_items``).
+    """
     name = meta['name']
     directory = host.ve_dir(name)
     upper = os.path.join(directory, 'private', 'upper')
@@ -239,7 +253,7 @@ def render_config(host, meta, lower_dirs, init):
                                         ',ro' if mount['readonly'] else '')
         items.append(('lxc.mount.entry', '%s %s none %s 0 0' % (mount['source'], mount['target'].lstrip('/'),
                                                                 options)))
-    return items
+    return items + list(limit_items)
 
 
 def public_view(meta, state, pid=None):
@@ -258,25 +272,38 @@ def public_view(meta, state, pid=None):
         'privileged': bool(meta.get('privileged')),
         'owner': meta.get('owner'),
         'created': meta.get('created'),
+        'limits': _limits.describe(meta.get('limits')),
     }
 
 
 def config_digest(items):
-    """A short digest of owned config entries, order-insensitive."""
-    return hashlib.sha256(repr(sorted(items)).encode()).hexdigest()[:16]
+    """A short digest of owned config entries, order-insensitive.
+
+    Limit keys are left out: limits are applied to a running VE live, so they never make it stale.
+    """
+    kept = sorted(i for i in items if not _limits.is_limit_key(i[0]) and i[0] not in _LIVE_KEYS)
+    return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
 
 
 def spec_view(meta):
-    """The part of the metadata that a task can ask for; used for --diff."""
-    return {k: meta.get(k) for k in SPEC_KEYS if k in meta}
+    """The part of the metadata that a task can ask for; used for --diff (limits with unit strings)."""
+    view = {k: meta.get(k) for k in SPEC_KEYS if k in meta}
+    if 'limits' in view:
+        view['limits'] = _limits.describe(view['limits'])
+    return view
 
 
 # -- the manager -------------------------------------------------------------------------------
 class VeManager:
     """Brings VEs of one host to the state tasks ask for."""
 
-    def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4):
+    def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4,
+                 overcommit=None):
         self.host = host
+        self.overcommit = overcommit if overcommit is not None else host.overcommit
+        self._facts = None
+        self._device = None
+        self._pending_limits = {}
         self.client = client
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
@@ -368,6 +395,7 @@ class VeManager:
         new['template'] = '%s@%s' % (manifest['name'], manifest['version'])
         new['layers'] = ['%s@%s' % (m['name'], m['version']) for m in self.templates.layers(manifest)]
         new['cgroup_parent'] = current.get('cgroup_parent') if meta else self.host.cgroup_parent
+        new['limits'] = _limits.merge(current.get('limits') or {}, _limits.parse_change(spec.get('limits')))
         if not meta:
             new['idmap'] = None if new['privileged'] else dict(self.host.idmap()._asdict())
             new['apparmor'] = self.host.apparmor_enabled()
@@ -384,7 +412,85 @@ class VeManager:
             raise VzError('VE %s was made for ids %d/%d but the host now maps %d/%d'
                           % (meta['name'], meta['idmap']['uid'], meta['idmap']['gid'], idmap.uid, idmap.gid))
         lowers = self.templates.lower_dirs(manifest, idmap, create=create)
-        return render_config(self.host, meta, lowers, manifest.get('init') or {})
+        limit_items = _limits.config_items(self.limit_settings(meta))
+        if (meta.get('limits') or {}).get('net') and os.path.exists(NET_HOOK):
+            # shaping lives as long as the VE's link: the hook re-applies it at every start
+            limit_items += [('lxc.hook.start-host', NET_HOOK), ('lxc.hook.post-stop', NET_HOOK)]
+        return render_config(self.host, meta, lowers, manifest.get('init') or {}, limit_items)
+
+    # -- limits ---------------------------------------------------------------------------
+    @property
+    def facts(self):
+        """CPUs, memory, overcommit and cgroup layout of the host (read once)."""
+        if self._facts is None:
+            try:
+                overcommit = float(self.overcommit)
+            except (TypeError, ValueError):
+                raise VzError('overcommit must be a number such as 1.5, got %r' % (self.overcommit,))
+            self._facts = _limits.HostFacts(self.cgroups, overcommit=overcommit)
+        return self._facts
+
+    def limit_settings(self, meta):
+        """The cgroup settings of a VE's limits (``_limits.Setting`` list)."""
+        limits = meta.get('limits') or {}
+        device = None
+        disk = limits.get('disk') or {}
+        if any(k in disk for k in ('read_bps', 'write_bps', 'read_iops', 'write_iops')):
+            if self._device is None:
+                self._device = _limits.block_device(self.host.ves_dir if os.path.isdir(self.host.ves_dir)
+                                                    else self.host.vz_root)
+            device = self._device
+        return _limits.cgroup_settings(meta['name'], limits, self.facts, device)
+
+    def _plan_limits(self, plan, force):
+        """Validate a change of limits and prepare its live writes; nothing changes here."""
+        name, meta, new_meta = plan['name'], plan['meta'] or {}, plan['new_meta']
+        old, new = meta.get('limits') or {}, new_meta.get('limits') or {}
+        parent = new_meta['cgroup_parent']
+        settings = self.limit_settings(new_meta)
+        _limits.check(name, new, self.facts)
+        _limits.check_files(name, settings, self.cgroups, parent)
+        guarantee = _limits.get(new, 'memory', 'guarantee')
+        if guarantee and guarantee != _limits.get(old, 'memory', 'guarantee'):
+            others = {}
+            for other in self.names():
+                if other != name:
+                    others[other] = self._pending_limits.get(other, (self.read_meta(other) or {}).get('limits') or {})
+            others.update({k: v for k, v in self._pending_limits.items() if k != name})
+            _limits.admit(name, new, others, self.facts)
+        self._pending_limits[name] = new
+        if new.get('net') and not new_meta.get('network'):
+            raise VzError('VE %s: limits: net.rate and net.ceil shape the VE\'s network interfaces, but it has none'
+                          % name)
+        running = plan['current'] in ('running', 'frozen')
+        ram = _limits.get(new, 'memory', 'ram')
+        if running and ram is not None and ram != _limits.get(old, 'memory', 'ram'):
+            used = self.cgroups.memory_usage(parent, name)
+            if used is not None and ram < used and not force:
+                raise VzError('VE %s uses %s of memory now; lowering memory.ram to %s makes the kernel reclaim '
+                              'its page cache and, if that is not enough, %s; set force: true to do it anyway'
+                              % (name, _limits.human_size(used), _limits.human_size(ram),
+                                 'refuse the change (cgroup v1 reports EBUSY, nothing is changed)'
+                                 if self.cgroups.controller('memory')[0] == 'v1'
+                                 else 'OOM-kill processes inside the VE'))
+        disk_old, disk_new = old.get('disk') or {}, new.get('disk') or {}
+        plan['quota'] = None
+        if (disk_old.get('space'), disk_old.get('inodes')) != (disk_new.get('space'), disk_new.get('inodes')):
+            if plan['meta'] is not None:
+                _quota.plan_quota(self.host, new_meta, disk_new.get('space'), disk_new.get('inodes'), running, force)
+            else:
+                _quota.check_limits(name, disk_new.get('space'), disk_new.get('inodes'), None, None, force)
+                if disk_new.get('space') is not None:
+                    supported, why = _quota.quota_supported(self.host)
+                    if not supported:
+                        raise VzError('VE %s: disk.space cannot be applied: %s' % (name, why))
+            plan['quota'] = (disk_new.get('space'), disk_new.get('inodes'))
+        plan['shaping'] = (old.get('net') or {}) != (new.get('net') or {})
+        plan['limit_writes'] = []
+        if running:
+            old_settings = self.limit_settings(meta) if meta else []
+            plan['limit_writes'] = _limits.pending(_limits.live_plan(old_settings, settings, self.cgroups, parent,
+                                                                     name))
 
     # -- the whole job --------------------------------------------------------------------
     def ensure(self, specs, restart=False):
@@ -436,6 +542,8 @@ class VeManager:
         name = spec['name']
         desired_state = spec.get('state') or 'started'
         meta = self.read_meta(name)
+        if meta is None and spec.get('must_exist'):
+            raise VzError('VE %s does not exist on this host (%s)' % (name, self.host.ves_dir))
         if meta is None:
             current = 'absent'
         else:
@@ -463,6 +571,13 @@ class VeManager:
         steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart, stale)
         if meta_changed and 'configure' not in steps:
             steps.insert(0, 'configure')   # metadata only (e.g. owner): nothing to restart for
+        if (meta or {}).get('limits') != new_meta.get('limits') or spec.get('limits') is not None and \
+                current in ('running', 'frozen'):
+            self._plan_limits(plan, spec.get('force'))
+            if plan['quota'] is not None or plan['shaping'] and current in ('running', 'frozen') or \
+                    plan['limit_writes']:
+                # live first, then persist: a refused write leaves config and ve.json as they were
+                steps.insert(steps.index('create') + 1 if 'create' in steps else 0, 'limits')
         plan['steps'] = steps
         return plan
 
@@ -481,8 +596,12 @@ class VeManager:
         warnings = []
         if meta.get('privileged') and state != 'absent':
             warnings.append('VE %s is privileged: root inside it is root on the host' % plan['name'])
+        writes = plan.get('limit_done')
+        if writes is None:
+            writes = [(p, _limits.read_file(p), v) for p, v in plan.get('limit_writes') or []]
         return {
             've': public_view(meta, state, pid) if state != 'absent' else {'name': plan['name'], 'state': 'absent'},
+            'limit_changes': [{'file': p, 'before': b, 'after': a} for p, b, a in writes],
             'changed': bool(actions),
             'actions': actions,
             'restart_required': plan['restart_required'],
@@ -505,6 +624,11 @@ class VeManager:
                     pid = None
         except Exception as exc:  # roll back a VE this run created, then report
             message = describe_error(exc, '%s of VE %s' % (step, name))
+            if plan.get('limit_done') and step != 'limits':
+                # the live limits were written but not persisted: put the old values back
+                _limits.undo(plan['limit_done'])
+                done.append('roll back limits %s' % name)
+                plan['limit_done'] = []
             if created:
                 try:
                     self._step_destroy(plan)
@@ -531,10 +655,13 @@ class VeManager:
         try:
             os.chmod(staging, 0o711)
             private = os.path.join(staging, 'private')
-            for path in (private, os.path.join(private, 'upper'), os.path.join(private, 'work')):
-                os.mkdir(path, 0o755 if path != private else 0o711)
-                if meta.get('idmap'):
-                    os.chown(path, meta['idmap']['uid'], meta['idmap']['gid'])
+            idmap = meta.get('idmap') or {}
+            # a btrfs subvolume where the host has quotas, so disk.space can be set at any time
+            _quota.make_private_area(self.host, private, idmap.get('uid'), idmap.get('gid'))
+            for path in (os.path.join(private, 'upper'), os.path.join(private, 'work')):
+                os.mkdir(path, 0o755)
+                if idmap:
+                    os.chown(path, idmap['uid'], idmap['gid'])
             cfg = LxcConfig()
             cfg.replace_owned(is_owned, config)
             cfg.save(os.path.join(staging, 'config'))
@@ -557,6 +684,32 @@ class VeManager:
         cfg.save(os.path.join(directory, 'config'))
         write_json(os.path.join(directory, 've.json'), plan['new_meta'])
 
+    def _step_limits(self, plan):
+        """Apply changed limits: live cgroup writes (running VE), disk quota, network shaping."""
+        name, meta = plan['name'], plan['new_meta']
+        limits = meta.get('limits') or {}
+        running = plan['current'] in ('running', 'frozen')
+        plan['limit_done'] = _limits.apply_live(plan['limit_writes']) if plan['limit_writes'] else []
+        if plan['quota'] is not None:
+            try:
+                _quota.apply_quota(self.host, meta, plan['quota'][0], plan['quota'][1], running,
+                                   plan['spec'].get('force'))
+            except Exception:
+                _limits.undo(plan['limit_done'])
+                plan['limit_done'] = []
+                raise
+        if running and plan['shaping']:
+            self._shape(meta)
+
+    def _shape(self, meta):
+        """Network shaping of a running VE's links (it lives only while the links exist)."""
+        net = (meta.get('limits') or {}).get('net') or {}
+        for iface in meta.get('network') or []:
+            if net.get('rate'):
+                _shaping().apply_shaping(iface['host_link'], net['rate'], net.get('ceil'))
+            else:
+                _shaping().clear_shaping(iface['host_link'])
+
     def _step_start(self, plan):
         name = plan['name']
         meta = plan['new_meta'] or plan['meta']
@@ -572,6 +725,8 @@ class VeManager:
         except VzError as exc:
             tail = _tail(log)
             raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
+        if ((meta.get('limits') or {}).get('net')):
+            self._shape(meta)
 
     def _step_stop(self, plan):
         self.client.stop(plan['name'], self.stop_timeout)
@@ -591,8 +746,15 @@ class VeManager:
         directory = self.host.ve_dir(name)
         trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
         os.rename(directory, os.path.join(trash, name))
-        remove_tree(trash)
         meta = plan['meta'] or plan['new_meta'] or {}
+        _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
+        remove_tree(trash)
+        if ((meta.get('limits') or {}).get('net')):
+            for iface in meta.get('network') or []:
+                try:
+                    _shaping().clear_shaping(iface['host_link'])
+                except VzError:
+                    pass  # the IFB device goes with the VE's link; a leftover is reported by ve_info
         try:
             self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
         except OSError:
@@ -628,8 +790,31 @@ class VeManager:
                                                                   self.host.cgroup_parent, name)
                                         if entry['state'] in ('running', 'frozen') else 0)
                 view['private_bytes'] = disk_usage(os.path.join(self.host.ve_dir(name), 'private'))
+                view['usage'] = self.accounting(meta, entry['state'])
             result.append(view)
         return result
+
+    def accounting(self, meta, state):
+        """Use against each limit and limit hits of a VE: memory, numproc, cpu (running VEs), disk, net."""
+        name, limits = meta['name'], meta.get('limits') or {}
+        running = state in ('running', 'frozen')
+        use = _limits.usage(self.cgroups, meta.get('cgroup_parent') or self.host.cgroup_parent, name, limits) \
+            if running else {}
+        disk = _quota.quota_usage(self.host, meta)
+        use['disk'] = dict(disk, space_limit=disk.get('space_limit') or _limits.get(limits, 'disk', 'space'))
+        net = {'rx_bytes': None, 'tx_bytes': None, 'rate': _limits.get(limits, 'net', 'rate'),
+               'ceil': _limits.get(limits, 'net', 'ceil')}
+        if running and meta.get('network'):
+            try:
+                counters = [_shaping().link_counters(i['host_link']) for i in meta['network']]
+            except VzError:
+                counters = []
+            counters = [c for c in counters if c]
+            if counters:
+                net['rx_bytes'] = sum(c['rx_bytes'] for c in counters)
+                net['tx_bytes'] = sum(c['tx_bytes'] for c in counters)
+        use['net'] = net
+        return use
 
 
 def describe_error(exc, what):

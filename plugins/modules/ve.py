@@ -106,6 +106,9 @@ options:
       owner:
         description: Like O(owner).
         type: str
+      limits:
+        description: Like O(limits).
+        type: dict
   state:
     description:
       - V(present) makes sure the VE exists (a new one is left stopped) and does not change whether it runs.
@@ -152,6 +155,26 @@ options:
   owner:
     description: Free-form owner recorded in the VE's metadata (team, ticket, pipeline).
     type: str
+  limits:
+    description:
+      - Resource limits of the VE, the same dict as in M(osvirt.vz.ve_limits), which documents every key and unit.
+      - 'Sections C(cpu) (C(units), C(limit), C(burst), C(cpus), C(cpuset)), C(memory) (C(ram), C(high), C(guarantee),
+        C(swap)), C(numproc), C(disk) (C(space), C(inodes), C(ioprio), C(read_bps), C(write_bps), C(read_iops),
+        C(write_iops)) and C(net) (C(rate), C(ceil)); vzctl names are accepted as aliases.'
+      - Keys left out keep what the VE has; V(null) or V(unlimited) removes a limit.
+      - A running VE is changed live (no restart) and the change is written to its LXC config and C(ve.json).
+    type: dict
+  force:
+    description:
+      - Apply a O(limits) change even when it is below what the VE uses now (memory.ram, disk.space).
+    type: bool
+    default: false
+  overcommit:
+    description:
+      - How far the sum of the memory guarantees of the host's VEs may exceed the host's memory, and
+        memory.ram the host's memory, as a factor.
+      - Defaults to C(overcommit) in C(<vz_root>/host.json), else V(1.0).
+    type: float
   restart:
     description:
       - When a change of configuration needs a restart of a running VE, restart it now. Otherwise the change
@@ -210,6 +233,15 @@ EXAMPLES = r'''
         readonly: true
     restart: true
 
+- name: A VE with limits (changed live when it runs)
+  osvirt.vz.ve:
+    name: web1
+    template: busybox
+    limits:
+      cpu: {units: 2000, limit: 150%}
+      memory: {ram: 512M, swap: 256M}
+      numproc: 200
+
 - name: Freeze a VE, then remove it
   osvirt.vz.ve:
     name: web1
@@ -239,6 +271,9 @@ ve:
     pid:
       description: PID of the VE's init on the host, when running.
       type: int
+    limits:
+      description: The VE's limits with unit strings.
+      type: dict
   sample: {name: web1, state: running, template: busybox@20261125-101500, ips: [10.20.0.5], pid: 4242,
            hostname: web1, autostart: false, privileged: false, owner: null, created: "2026-11-25T10:15:00Z"}
 ves:
@@ -285,6 +320,7 @@ VE_OPTIONS = {
     'network': {'type': 'list', 'elements': 'dict', 'options': NETWORK_OPTIONS},
     'privileged': {'type': 'bool'},
     'owner': {'type': 'str'},
+    'limits': {'type': 'dict'},
 }
 
 
@@ -296,6 +332,8 @@ def argument_spec():
                 ves={'type': 'list', 'elements': 'dict', 'options': item},
                 state={'type': 'str', 'choices': list(STATES), 'default': 'started'},
                 restart={'type': 'bool', 'default': False},
+                force={'type': 'bool', 'default': False},
+                overcommit={'type': 'float'},
                 stop_timeout={'type': 'int', 'default': 30},
                 lock_timeout={'type': 'int', 'default': 60})
     return spec
@@ -305,8 +343,9 @@ def specs_from(params):
     """One spec per VE: the item's options, else the task's."""
     keys = list(VE_OPTIONS) + ['state']
     if params['ves'] is None:
-        return [dict({k: params[k] for k in keys}, name=params['name'])]
-    return [dict({k: item.get(k) if item.get(k) is not None else params[k] for k in keys}, name=item['name'])
+        return [dict({k: params[k] for k in keys}, name=params['name'], force=params['force'])]
+    return [dict({k: item.get(k) if item.get(k) is not None else params[k] for k in keys}, name=item['name'],
+                 force=params['force'])
             for item in params['ves']]
 
 
@@ -317,7 +356,8 @@ def main():
     def job():
         host = host_from(module)
         manager = VeManager(host, client_for(host), check_mode=module.check_mode,
-                            lock_timeout=module.params['lock_timeout'], stop_timeout=module.params['stop_timeout'])
+                            lock_timeout=module.params['lock_timeout'], stop_timeout=module.params['stop_timeout'],
+                            overcommit=module.params['overcommit'])
         results = manager.ensure(specs_from(module.params), restart=module.params['restart'])
         bulk = module.params['ves'] is not None
         out = {

@@ -26,9 +26,18 @@ options:
     elements: str
     choices: [running, stopped, frozen]
   usage:
-    description: Include memory in use and the size of each private area (walks the private area).
+    description:
+      - Include memory in use, the size of each private area (walks the private area) and RV(ves[].usage),
+        the use against each limit with limit hits.
     type: bool
     default: true
+  thresholds:
+    description:
+      - 'Percent of a limit above which a VE is listed in RV(over_threshold), for example
+        C({memory: 90%, numproc: 80%, disk: 90%}).'
+      - Keys C(memory) (use of C(memory.ram)), C(numproc) (processes of C(numproc)), C(disk) (space of
+        C(disk.space)) and C(inodes). VEs without that limit are never over it. Needs O(usage).
+    type: dict
 seealso:
   - module: osvirt.vz.ve
 '''
@@ -86,11 +95,35 @@ ves:
     created:
       description: Creation time, UTC, ISO 8601.
       type: str
+    limits:
+      description: The VE's limits with unit strings.
+      type: dict
+    usage:
+      description:
+        - Use against each limit and limit hits, when O(usage) is true.
+        - C(memory) (running VEs) C(used), C(limit), C(max_used) bytes, C(failcnt) (times the limit was hit),
+          C(oom_kills) (processes the kernel killed at the limit).
+        - C(numproc) (running VEs) C(used), C(limit), C(hits) (forks refused at the limit).
+        - C(cpu) (running VEs) C(usage_ns) CPU time used, C(throttled_ns) time held back by C(cpu.limit),
+          C(nr_throttled) periods throttled, C(limit) percent of one CPU.
+        - C(disk) C(space_used), C(space_limit) bytes, C(inodes_used), C(inodes_limit).
+        - C(net) C(rx_bytes), C(tx_bytes) as the VE counts them (running VEs), C(rate), C(ceil) bit/s.
+        - A figure the host does not provide is V(null).
+      type: dict
+      sample: {memory: {used: 73400320, limit: 268435456, failcnt: 0, oom_kills: 1, max_used: 268435456},
+               numproc: {used: 3, limit: 64, hits: 12}, cpu: {usage_ns: 12000000000, throttled_ns: 2000000000,
+               nr_throttled: 40, limit: 50}}
 missing:
   description: Names asked for with O(name) that do not exist on the host.
   returned: always
   type: list
   elements: str
+over_threshold:
+  description: One entry per VE and resource over its threshold in O(thresholds), sorted by VE.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: web1, resource: memory, used: 250000000, limit: 268435456, percent: 93.1, threshold: 90.0}]
 host:
   description: Facts about the host's VE store.
   returned: always
@@ -100,7 +133,7 @@ host:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.osvirt.vz.plugins.module_utils import _validate
+from ansible_collections.osvirt.vz.plugins.module_utils import _limits, _validate
 from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, client_for, host_from, run
 from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
 
@@ -110,17 +143,22 @@ def main():
         argument_spec=dict(HOST_ARGS,
                            name={'type': 'list', 'elements': 'str'},
                            state={'type': 'list', 'elements': 'str', 'choices': ['running', 'stopped', 'frozen']},
-                           usage={'type': 'bool', 'default': True}),
+                           usage={'type': 'bool', 'default': True},
+                           thresholds={'type': 'dict'}),
         supports_check_mode=True)
 
     def job():
         names = [_validate.ve_name(n) for n in module.params['name'] or []]
+        thresholds = _limits.parse_thresholds(module.params['thresholds'])
+        if thresholds and not module.params['usage']:
+            module.fail_json(msg='thresholds need usage: true (they compare use with limits)')
         host = host_from(module)
         manager = VeManager(host, client_for(host))
         ves = manager.info(names or None, module.params['state'], module.params['usage'])
         found = {v['name'] for v in ves}
         missing = [n for n in names if n not in found and n not in manager.names()]
-        module.exit_json(changed=False, ves=ves, missing=missing,
+        over = [o for v in ves for o in _limits.over_thresholds(v['name'], v.get('usage') or {}, thresholds)]
+        module.exit_json(changed=False, ves=ves, missing=missing, over_threshold=over,
                          host={'vz_root': host.vz_root, 'cgroup_parent': host.cgroup_parent,
                                'cgroup_layout': manager.cgroups.layout})
 
