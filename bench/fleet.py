@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) osvirt developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fleet benchmark: per-task cost of the connection plugin osvirt.vz.ve, and inventory listing time.
@@ -282,8 +281,8 @@ def main():
             print('\n| way | hosts | tasks | per task mean s | p50 s | max s | playbook wall s |')
             print('|---|---:|---:|---:|---:|---:|---:|')
             for r in results:
-                print('| %s | %d | %d | %.3f | %.3f | %.3f | %.2f |' % (r['label'], args.ves, r['tasks'], r['mean'],
-                                                                         r['p50'], r['max'], r['wall']))
+                row = (r['label'], args.ves, r['tasks'], r['mean'], r['p50'], r['max'], r['wall'])
+                print('| %s | %d | %d | %.3f | %.3f | %.3f | %.2f |' % row)
             ratio = by['ve-ssh']['mean'] / by['ssh-floor']['mean']
             print('\n| target | wanted | measured | met |\n|---|---|---|---|')
             print('| ve-ssh per task vs ssh-floor per task | <= %.1fx | %.2fx (%.3f vs %.3f s) | %s |'
