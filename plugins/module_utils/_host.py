@@ -37,6 +37,8 @@ class Host:
         self.bridge = _validate.ifname(bridge or settings.get('bridge') or DEFAULT_BRIDGE, 'bridge name')
         # how far the sum of VE guarantees may exceed the host's capacity (limits admission control)
         self.overcommit = settings.get('overcommit', 1.0)
+        # bits/s the VEs of this host may send together (the shaping tree's root); None: the default
+        self.net_capacity = settings.get('net_capacity')
         self.subuid_file = subuid_file
         self.subgid_file = subgid_file
         self.user = user

@@ -339,11 +339,17 @@ def describe(limits):
 
 
 # -- the host ----------------------------------------------------------------------------------
+# What the VEs of a host may send together when host.json has no net_capacity; the same default as
+# the shaping tree's root class in _shaping (which cannot import this file: the boot hook loads it alone).
+DEFAULT_NET_CAPACITY_BPS = 10 ** 10
+
+
 class HostFacts:
     """What the checks need to know about the host: CPUs, memory, overcommit, cgroup layout."""
 
-    def __init__(self, tree, cpu_ids=None, mem_total=None, overcommit=1.0, swap_total=None):
+    def __init__(self, tree, cpu_ids=None, mem_total=None, overcommit=1.0, swap_total=None, net_capacity=None):
         self.tree = tree
+        self.net_capacity = int(net_capacity or DEFAULT_NET_CAPACITY_BPS)
         self.cpu_ids = sorted(cpu_ids if cpu_ids is not None else os.sched_getaffinity(0))
         meminfo = _meminfo() if mem_total is None or swap_total is None else {}
         self.mem_total = mem_total if mem_total is not None else meminfo.get('MemTotal', 0)
@@ -419,23 +425,40 @@ def check(name, limits, facts, current=None):
     del current
 
 
-def admit(name, limits, others, facts):
-    """Admission control: the sum of memory guarantees must fit the host's memory x overcommit.
+def human_bits(value):
+    """Bits per second as a short string (12.5Mbit)."""
+    for unit, factor in (('Gbit', 10 ** 9), ('Mbit', 10 ** 6), ('kbit', 10 ** 3)):
+        if value >= factor:
+            return ('%.3f' % (value / factor)).rstrip('0').rstrip('.') + unit
+    return '%dbit' % value
 
-    ``others`` maps the other VEs of the host to their canonical limits.
+
+# Guarantees that admission control sums up: key -> (what it is checked against, how to show it).
+GUARANTEES = {
+    ('memory', 'guarantee'): ('memory', lambda facts: facts.mem_total, human_size),
+    ('net', 'rate'): ('net_capacity', lambda facts: facts.net_capacity, human_bits),
+}
+
+
+def admit(name, limits, others, facts):
+    """Admission control: the sum of each guarantee on the host must fit its capacity x overcommit.
+
+    Guarantees are memory.guarantee (against the host's memory) and net.rate (against the host's
+    net_capacity from host.json). ``others`` maps the other VEs of the host to their canonical limits.
     """
-    mine = get(limits, 'memory', 'guarantee') or 0
-    if not mine:
-        return
-    total = sum(get(lim, 'memory', 'guarantee') or 0 for lim in others.values())
-    capacity = int(facts.mem_total * facts.overcommit)
-    if total + mine > capacity:
-        raise VzError('VE %s: admission refused: memory.guarantee %s plus the %s already guaranteed to %d other '
-                      'VE(s) is %s, above the host capacity %s (memory %s x overcommit %g); lower the guarantee or '
-                      'raise overcommit' % (name, human_size(mine), human_size(total),
-                                            sum(1 for lim in others.values() if get(lim, 'memory', 'guarantee')),
-                                            human_size(total + mine), human_size(capacity),
-                                            human_size(facts.mem_total), facts.overcommit))
+    for key, (what, capacity_of, show) in GUARANTEES.items():
+        mine = get(limits, *key) or 0
+        if not mine:
+            continue
+        holders = [lim for lim in others.values() if get(lim, *key)]
+        total = sum(get(lim, *key) for lim in holders)
+        base = capacity_of(facts)
+        capacity = int(base * facts.overcommit)
+        if total + mine > capacity:
+            raise VzError('VE %s: admission refused: %s.%s %s plus the %s already guaranteed to %d other VE(s) is '
+                          '%s, above the host capacity %s (%s %s x overcommit %g); lower the guarantee or raise '
+                          'overcommit' % (name, key[0], key[1], show(mine), show(total), len(holders),
+                                          show(total + mine), show(capacity), what, show(base), facts.overcommit))
 
 
 # -- mapping to cgroup files -------------------------------------------------------------------

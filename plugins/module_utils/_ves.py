@@ -427,7 +427,8 @@ class VeManager:
                 overcommit = float(self.overcommit)
             except (TypeError, ValueError):
                 raise VzError('overcommit must be a number such as 1.5, got %r' % (self.overcommit,))
-            self._facts = _limits.HostFacts(self.cgroups, overcommit=overcommit)
+            self._facts = _limits.HostFacts(self.cgroups, overcommit=overcommit,
+                                            net_capacity=self.host.net_capacity)
         return self._facts
 
     def limit_settings(self, meta):
@@ -450,8 +451,8 @@ class VeManager:
         settings = self.limit_settings(new_meta)
         _limits.check(name, new, self.facts)
         _limits.check_files(name, settings, self.cgroups, parent)
-        guarantee = _limits.get(new, 'memory', 'guarantee')
-        if guarantee and guarantee != _limits.get(old, 'memory', 'guarantee'):
+        if any(_limits.get(new, *key) and _limits.get(new, *key) != _limits.get(old, *key)
+               for key in _limits.GUARANTEES):
             others = {}
             for other in self.names():
                 if other != name:
@@ -706,7 +707,8 @@ class VeManager:
         net = (meta.get('limits') or {}).get('net') or {}
         for iface in meta.get('network') or []:
             if net.get('rate'):
-                _shaping().apply_shaping(iface['host_link'], net['rate'], net.get('ceil'))
+                _shaping().apply_shaping(iface['host_link'], net['rate'], net.get('ceil'),
+                                         capacity_bps=self.host.net_capacity)
             else:
                 _shaping().clear_shaping(iface['host_link'])
 

@@ -327,3 +327,21 @@ def test_thresholds_bad():
         L.parse_thresholds({'ram': 90})
     with pytest.raises(VzError, match='at most 100'):
         L.parse_thresholds({'memory': '150%'})
+
+
+def test_admission_of_net_rate_guarantees(tmp_path):
+    hf = L.HostFacts(v1_tree(tmp_path), cpu_ids=[0, 1], mem_total=8 * G, swap_total=0, net_capacity=100 * 10 ** 6)
+    others = {'a': canon({'net': {'rate': '40Mbit'}}), 'b': canon({'net': {'rate': '40Mbit', 'ceil': '90Mbit'}})}
+    L.admit('web1', canon({'net': {'rate': '20Mbit'}}), others, hf)   # 100 of 100: fits
+    with pytest.raises(VzError, match=r'VE web1: admission refused: net.rate 30Mbit plus the 80Mbit already '
+                                      r'guaranteed to 2 other VE\(s\) is 110Mbit, above the host capacity 100Mbit'):
+        L.admit('web1', canon({'net': {'rate': '30Mbit'}}), others, hf)
+    roomy = L.HostFacts(v1_tree(tmp_path / 'x'), cpu_ids=[0], mem_total=G, swap_total=0, net_capacity=10 ** 8,
+                        overcommit=1.2)
+    L.admit('web1', canon({'net': {'rate': '30Mbit'}}), others, roomy)
+
+
+def test_default_net_capacity_is_the_shaping_default(tmp_path):
+    from ansible_collections.osvirt.vz.plugins.module_utils import _shaping
+    assert L.DEFAULT_NET_CAPACITY_BPS == _shaping.DEFAULT_CAPACITY_BPS
+    assert L.HostFacts(v1_tree(tmp_path), cpu_ids=[0], mem_total=G, swap_total=0).net_capacity == 10 ** 10
