@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 # The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
-from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, built_template, ctx, harness, sh  # noqa: F401 pylint: disable=unused-import
+from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, ctx  # noqa: F401 pylint: disable=unused-import
+from vzlib import sh
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPING_PY = REPO / "plugins" / "module_utils" / "_shaping.py"
