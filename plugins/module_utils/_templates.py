@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from . import _validate
+from . import _template_build, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
 from ._locks import Lock
@@ -181,16 +181,24 @@ class TemplateStore:
                 return version
             stamp += 1
 
-    def build(self, name, source, check_mode=False):
-        """Build a new version of ``name`` from ``source`` and publish it; return its manifest."""
+    def build(self, name, source, check_mode=False, if_absent=False):
+        """Build a new version of ``name`` from ``source`` and publish it; return its manifest.
+
+        With ``if_absent``, a version published by a concurrent build while this one waited for
+        the template lock counts: nothing is built and None is returned.
+        """
         builders = {'busybox': self._build_busybox}
+        builders.update(_template_build.BUILDERS)
         kind = source.get('type')
         if kind not in builders:
             raise VzError('template source type %r is not supported here (supported: %s)'
                           % (kind, ', '.join(sorted(builders))))
+        _template_build.validate_source(source)
         if check_mode:  # no lock: check mode must not even create the lock file
             return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
+            if if_absent and self.versions(name):
+                return None
             version = self.new_version(name)
             make_dirs(os.path.join(self.root, name), 0o711)
             staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
@@ -198,7 +206,10 @@ class TemplateStore:
                 os.chmod(staging, 0o711)
                 rootfs = os.path.join(staging, 'rootfs')
                 os.mkdir(rootfs, 0o755)
-                manifest = builders[kind](rootfs, source)
+                if kind == 'busybox':
+                    manifest = self._build_busybox(rootfs, source)
+                else:
+                    manifest = builders[kind](self, rootfs, source)
                 manifest.update({
                     'name': name,
                     'version': version,
@@ -286,18 +297,8 @@ def _copy_tree(src, dst):
 
 
 def _shift_ownership(root, idmap):
-    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits."""
-    def shift(path):
-        st = os.lstat(path)
-        uid = st.st_uid + idmap.uid if st.st_uid < idmap.count else st.st_uid
-        gid = st.st_gid + idmap.gid if st.st_gid < idmap.count else st.st_gid
-        os.lchown(path, uid, gid)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared them
-    shift(root)
-    for current, dirnames, filenames in os.walk(root):
-        for entry in dirnames + filenames:
-            shift(os.path.join(current, entry))
+    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits and file capabilities."""
+    _template_build.shift_tree(root, idmap)
 
 
 def tree_checksum(root):

@@ -199,6 +199,9 @@ def render_config(host, meta, lower_dirs, init):
     ]
     idmap = meta.get('idmap')
     if idmap:
+        # inside a user namespace overlayfs cannot write trusted.* xattrs: without userxattr,
+        # removing a directory of a lower layer (it needs an opaque mark) fails with EIO
+        items.append(('lxc.rootfs.options', 'userxattr'))
         items += [('lxc.idmap', 'u 0 %d %d' % (idmap['uid'], idmap['count'])),
                   ('lxc.idmap', 'g 0 %d %d' % (idmap['gid'], idmap['count']))]
     items += [

@@ -35,16 +35,97 @@ options:
     description: With O(state=absent), the one version to remove.
     type: str
   source:
-    description: How to build the template.
+    description:
+      - How to build the template. Only the suboptions of the chosen O(source.type) are used.
+      - Every build is recorded in the manifest (C(source), C(parent), C(packages) with versions from dpkg,
+        C(size), C(checksum)).
     type: dict
     default: {type: busybox}
     suboptions:
       type:
         description:
           - V(busybox) is the tiny built-in template from Debian's static busybox (init, sh, ip, udhcpc).
+          - V(debootstrap) builds a Debian tree from a mirror (O(source.suite), O(source.mirror),
+            O(source.variant), O(source.components), O(source.packages)); it always includes systemd,
+            systemd-sysv, iproute2, ifupdown, python3 and ca-certificates, and boots with systemd in an
+            unprivileged VE (LXC configures the VE's addresses; ifupdown brings up the loopback only).
+          - V(tarball) extracts a root file system tarball from O(source.url) after checking
+            O(source.sha256); absolute or C(..) member names, device nodes, members under a symbolic
+            link and links that lead outside the tree are refused, naming the member.
+          - V(ve) copies a stopped VE (its template layers with its private area on top, deleted
+            files applied) into a flat template owned by host ids.
+          - V(layer) is an application template on O(source.base): O(source.packages), O(source.files)
+            and O(source.commands) run in a throw-away VE on the base (sharing the host's network, so apt
+            reaches the mirror); only the difference is stored, as an overlay layer whose parent is the base.
         type: str
-        choices: [busybox]
+        choices: [busybox, debootstrap, tarball, ve, layer]
         default: busybox
+      suite:
+        description: V(debootstrap) suite or code name; V(bookworm) when not given.
+        type: str
+      mirror:
+        description:
+          - V(debootstrap) archive URL. When not given, the Debian mirror of this host's apt sources
+            (C(/etc/apt/sources.list.d/debian.sources)), else C(http://deb.debian.org/debian).
+        type: str
+      variant:
+        description: V(debootstrap) variant; V(minbase) when not given.
+        type: str
+        choices: [minbase, buildd, '-']
+      components:
+        description: V(debootstrap) archive components; V(main) when not given.
+        type: list
+        elements: str
+      packages:
+        description:
+          - V(debootstrap) extra packages (for example V(openssh-server)).
+          - V(layer) packages to install with apt in the build VE.
+        type: list
+        elements: str
+      cache_dir:
+        description:
+          - V(debootstrap) directory on the host that keeps the downloaded packages between builds
+            (C(debootstrap --cache-dir)), for example C(/var/cache/osvirt-vz/debootstrap/bookworm-amd64).
+            Without it every build downloads from the mirror.
+        type: path
+      url:
+        description:
+          - V(tarball) source, a local path or an C(http://), C(https://) or C(file://) URL. Only this
+            address is fetched.
+        type: str
+      sha256:
+        description: V(tarball) required sha256 of the tarball (64 hex digits), checked before extraction.
+        type: str
+      ve:
+        description: V(ve) name of the stopped VE to copy.
+        type: str
+      base:
+        description: V(layer) base template, C(name) (newest version) or C(name@version).
+        type: str
+      files:
+        description: V(layer) files copied from the host into the template, after the packages.
+        type: list
+        elements: dict
+        suboptions:
+          src:
+            description: Path of a regular file on the host.
+            type: path
+            required: true
+          dest:
+            description: Absolute path in the template.
+            type: str
+            required: true
+          mode:
+            description: Octal mode of the file in the template.
+            type: str
+            default: '0644'
+      commands:
+        description:
+          - V(layer) commands run as root in the build VE after packages and files, each an argv list
+            (no shell). The first that fails stops the build; nothing is published and the error names
+            the command, its return code and the end of its output.
+        type: list
+        elements: list
   rebuild:
     description: Build a new version even when one exists.
     type: bool
@@ -63,6 +144,42 @@ EXAMPLES = r'''
   osvirt.vz.template:
     name: busybox
     rebuild: true
+
+- name: The default Debian 12 OS template (downloaded packages kept for the next build)
+  osvirt.vz.template:
+    name: debian-12
+    source:
+      type: debootstrap
+      suite: bookworm
+      packages: [openssh-server]
+      cache_dir: /var/cache/osvirt-vz/debootstrap/bookworm-amd64
+
+- name: An application template on top of it
+  osvirt.vz.template:
+    name: debian-12+web
+    source:
+      type: layer
+      base: debian-12
+      packages: [nginx-light]
+      files:
+        - {src: /srv/files/index.html, dest: /var/www/html/index.html, mode: "0644"}
+      commands:
+        - [systemctl, enable, nginx]
+
+- name: A template from a vendor's root file system tarball
+  osvirt.vz.template:
+    name: vendor-os
+    source:
+      type: tarball
+      url: /srv/images/vendor-rootfs.tar.xz
+      sha256: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+
+- name: A template from a stopped VE
+  osvirt.vz.template:
+    name: golden-web
+    source:
+      type: ve
+      ve: web1
 
 - name: Remove an old version no VE uses any more
   osvirt.vz.template:
@@ -124,15 +241,33 @@ def users_of(host, name, versions):
     return users
 
 
+SOURCE_OPTIONS = {
+    'type': {'type': 'str', 'choices': ['busybox', 'debootstrap', 'tarball', 've', 'layer'], 'default': 'busybox'},
+    'suite': {'type': 'str'},
+    'mirror': {'type': 'str'},
+    'variant': {'type': 'str', 'choices': ['minbase', 'buildd', '-']},
+    'components': {'type': 'list', 'elements': 'str'},
+    'packages': {'type': 'list', 'elements': 'str'},
+    'cache_dir': {'type': 'path'},
+    'url': {'type': 'str'},
+    'sha256': {'type': 'str'},
+    've': {'type': 'str'},
+    'base': {'type': 'str'},
+    'files': {'type': 'list', 'elements': 'dict', 'options': {
+        'src': {'type': 'path', 'required': True},
+        'dest': {'type': 'str', 'required': True},
+        'mode': {'type': 'str', 'default': '0644'}}},
+    'commands': {'type': 'list', 'elements': 'list'},
+}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(HOST_ARGS,
                            name={'type': 'str', 'required': True},
                            state={'type': 'str', 'choices': ['present', 'absent'], 'default': 'present'},
                            version={'type': 'str'},
-                           source={'type': 'dict', 'default': {'type': 'busybox'},
-                                   'options': {'type': {'type': 'str', 'choices': ['busybox'],
-                                                        'default': 'busybox'}}},
+                           source={'type': 'dict', 'default': {'type': 'busybox'}, 'options': SOURCE_OPTIONS},
                            rebuild={'type': 'bool', 'default': False}),
         supports_check_mode=True)
 
@@ -151,8 +286,10 @@ def main():
             if not before or params['rebuild']:
                 if not module.check_mode:
                     host.ensure_layout()
-                built = store.build(name, params['source'], check_mode=module.check_mode)
-                actions.append('build %s@%s' % (name, built['version']))
+                source = {k: v for k, v in params['source'].items() if v is not None}
+                built = store.build(name, source, check_mode=module.check_mode, if_absent=not params['rebuild'])
+                if built is not None:  # None: a concurrent build published one while we waited
+                    actions.append('build %s@%s' % (name, built['version']))
         else:
             doomed = [params['version']] if params['version'] else before
             doomed = [v for v in doomed if v in before]
