@@ -328,6 +328,10 @@ def prepare_debian_tree(rootfs, mirror, suite, components):
     mask = os.path.join(rootfs, 'etc/systemd/system/systemd-firstboot.service')
     if not os.path.lexists(mask):
         os.symlink('/dev/null', mask)
+    # LXC mounts a fresh /dev in every VE (lxc.autodev): the nodes debootstrap made are never seen
+    devdir = os.path.join(rootfs, 'dev')
+    for entry in os.listdir(devdir) if os.path.isdir(devdir) else []:
+        remove_tree(os.path.join(devdir, entry))
     for rel in ('var/cache/apt/archives', 'var/lib/apt/lists'):
         directory = os.path.join(rootfs, rel)
         for entry in os.listdir(directory) if os.path.isdir(directory) else []:
@@ -444,7 +448,11 @@ def check_member(info, symlinks):
         raise UnsafeTarball('member %r is a symbolic link to %r, which leads outside the root file system'
                             % (info.name, info.linkname))
     if info.islnk():
-        target = member_path(info.linkname)
+        try:
+            target = member_path(info.linkname)
+        except UnsafeTarball:
+            raise UnsafeTarball('member %r is a hard link to %r, outside the root file system'
+                                % (info.name, info.linkname))
         if any('/'.join(target.split('/')[:d]) in symlinks for d in range(1, target.count('/') + 2)):
             raise UnsafeTarball('member %r is a hard link through the symbolic link to %r' % (info.name, info.linkname))
     return rel
@@ -592,7 +600,7 @@ def build_layer(store, rootfs, source):
     as parent, so a VE on the layer stacks layer + base.
     """
     # deferred: _ves imports _templates, which imports this module
-    from ._ves import render_config, is_owned  # pylint: disable=import-outside-toplevel
+    from ._ves import render_config, is_owned, _tail  # pylint: disable=import-outside-toplevel
 
     base_ref, packages, files, commands = _layer_options(source)
     host = store.host
@@ -615,13 +623,19 @@ def build_layer(store, rootfs, source):
         for key, value in render_config(host, meta, lowers, base.get('init') or {}):
             if key == 'lxc.net.0.type':
                 value = 'none'   # the host's network: the mirror is reachable from there only
+            elif key == 'lxc.mount.auto':
+                value = 'proc:mixed cgroup:mixed'   # no sysfs: only the owner of a network namespace mounts it
             items.append((key, value))
         items.append(('lxc.mount.entry', '/etc/resolv.conf etc/resolv.conf none bind,ro,create=file 0 0'))
         config = LxcConfig()
         config.replace_owned(is_owned, items)
         config.set('lxc.init.cmd', '/bin/sleep infinity')
         config.save(os.path.join(directory, 'config'))
-        client.start(name, logfile=os.path.join(directory, 'lxc.log'))
+        try:
+            client.start(name, logfile=os.path.join(directory, 'lxc.log'))
+        except VzError as exc:
+            raise VzError('starting the build VE %s failed: %s; LXC log: %s'
+                          % (name, exc, _tail(os.path.join(directory, 'lxc.log'))), **exc.details)
         installed = _run_layer_steps(client, name, packages, files, commands)
         client.kill(name)
         upper = os.path.join(private, 'upper')
