@@ -45,6 +45,9 @@ options:
       type:
         description:
           - V(busybox) is the tiny built-in template from Debian's static busybox (init, sh, ip, udhcpc).
+          - V(copy) copies a published version from another host that has it (rsync over SSH, pulled
+            into C(.tmp)), verifies its manifest checksum by recomputing it, and publishes it under
+            the same version id, with every missing parent. See O(source.host).
           - V(debootstrap) builds a Debian tree from a mirror (O(source.suite), O(source.mirror),
             O(source.variant), O(source.components), O(source.packages)); it always includes systemd,
             systemd-sysv, iproute2, ifupdown, python3 and ca-certificates, and boots with systemd in an
@@ -54,11 +57,11 @@ options:
             link and links that lead outside the tree are refused, naming the member.
           - V(ve) copies a stopped VE (its template layers with its private area on top, deleted
             files applied) into a flat template owned by host ids.
-          - V(layer) is an application template on O(source.base): O(source.packages), O(source.files)
+          - V(layer) is an application template on O(source.base); O(source.packages), O(source.files)
             and O(source.commands) run in a throw-away VE on the base (sharing the host's network, so apt
             reaches the mirror); only the difference is stored, as an overlay layer whose parent is the base.
         type: str
-        choices: [busybox, debootstrap, tarball, ve, layer]
+        choices: [busybox, debootstrap, tarball, ve, layer, copy]
         default: busybox
       suite:
         description: V(debootstrap) suite or code name; V(bookworm) when not given.
@@ -126,10 +129,49 @@ options:
             the command, its return code and the end of its output.
         type: list
         elements: list
+      host:
+        description: V(copy) address or name of the host to copy from, reached with SSH from this host.
+        type: str
+      user:
+        description: V(copy) SSH user on O(source.host); V(root) when not given.
+        type: str
+      ssh_key:
+        description: V(copy) private key on this (the destination) host that logs in to O(source.host).
+        type: path
+      port:
+        description: V(copy) SSH port of O(source.host).
+        type: int
+      version:
+        description: V(copy) version to copy; the newest on O(source.host) when not given.
+        type: str
+      vz_root:
+        description: V(copy) data root on O(source.host); C(/var/lib/vz) when not given.
+        type: str
+      known_hosts:
+        description: V(copy) known-hosts file for O(source.host)'s key; SSH's default when not given.
+        type: path
+      host_key_checking:
+        description:
+          - V(copy) how SSH checks O(source.host)'s key. V(accept-new) records a key it has never seen and refuses
+            a changed one, V(strict) needs it in the known-hosts file, V(off) checks nothing (test labs only).
+          - V(accept-new) when not given.
+        type: str
+        choices: [strict, accept-new, 'off']
   rebuild:
     description: Build a new version even when one exists.
     type: bool
     default: false
+  prune:
+    description:
+      - With O(state=present), remove old versions beyond the newest O(prune.keep) after any build or copy.
+      - Never the newest version, and never a version that a VE uses (as its template or a layer of it) or that
+        another template version is built on; those are listed in RV(kept_in_use).
+    type: dict
+    suboptions:
+      keep:
+        description: How many of the newest versions stay, at least 1.
+        type: int
+        required: true
 seealso:
   - module: osvirt.vz.ve
 '''
@@ -181,6 +223,20 @@ EXAMPLES = r'''
       type: ve
       ve: web1
 
+- name: Copy the newest busybox version from a host that has it
+  osvirt.vz.template:
+    name: busybox
+    source:
+      type: copy
+      host: 198.18.0.11
+      ssh_key: /root/.ssh/id_ed25519
+
+- name: Keep the two newest versions, remove older unused ones
+  osvirt.vz.template:
+    name: busybox
+    prune:
+      keep: 2
+
 - name: Remove an old version no VE uses any more
   osvirt.vz.template:
     name: busybox
@@ -207,6 +263,16 @@ template:
     manifest:
       description: Manifest of the newest version.
       type: dict
+pruned:
+  description: Versions O(prune) removed (or would remove in check mode).
+  returned: always
+  type: list
+  elements: str
+kept_in_use:
+  description: Old versions O(prune) keeps because something uses them, with the users (C(VE x) or C(template y@v)).
+  returned: always
+  type: dict
+  sample: {"20261125-101500": [VE web1, VE web2]}
 actions:
   description: What was done (or would be done in check mode).
   returned: always
@@ -214,35 +280,17 @@ actions:
   elements: str
 '''
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.osvirt.vz.plugins.module_utils import _validate
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
-from ansible_collections.osvirt.vz.plugins.module_utils._fs import read_json
 from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, host_from, run
+from ansible_collections.osvirt.vz.plugins.module_utils._rsync import Remote
 from ansible_collections.osvirt.vz.plugins.module_utils._templates import TemplateStore
 
 
-def users_of(host, name, versions):
-    """VEs whose layers include one of ``versions`` of template ``name``: {version: [ve, ...]}."""
-    wanted = {'%s@%s' % (name, v): v for v in versions}
-    users = {}
-    try:
-        entries = sorted(os.listdir(host.ves_dir))
-    except FileNotFoundError:
-        entries = []
-    for ve in entries:
-        meta = read_json(os.path.join(host.ves_dir, ve, 've.json')) or {}
-        for layer in meta.get('layers') or []:
-            if layer in wanted:
-                users.setdefault(wanted[layer], []).append(ve)
-    return users
-
-
 SOURCE_OPTIONS = {
-    'type': {'type': 'str', 'choices': ['busybox', 'debootstrap', 'tarball', 've', 'layer'], 'default': 'busybox'},
+    'type': {'type': 'str', 'choices': ['busybox', 'debootstrap', 'tarball', 've', 'layer', 'copy'], 'default': 'busybox'},
     'suite': {'type': 'str'},
     'mirror': {'type': 'str'},
     'variant': {'type': 'str', 'choices': ['minbase', 'buildd', '-']},
@@ -260,6 +308,19 @@ SOURCE_OPTIONS = {
     'commands': {'type': 'list', 'elements': 'list'},
 }
 
+# source type copy: a published version from another host
+COPY_OPTIONS = {
+    'host': {'type': 'str'},
+    'user': {'type': 'str'},
+    'ssh_key': {'type': 'path'},
+    'port': {'type': 'int'},
+    'version': {'type': 'str'},
+    'vz_root': {'type': 'str'},
+    'known_hosts': {'type': 'path'},
+    'host_key_checking': {'type': 'str', 'choices': ['strict', 'accept-new', 'off']},
+}
+SOURCE_OPTIONS.update(COPY_OPTIONS)
+
 
 def main():
     module = AnsibleModule(
@@ -268,7 +329,8 @@ def main():
                            state={'type': 'str', 'choices': ['present', 'absent'], 'default': 'present'},
                            version={'type': 'str'},
                            source={'type': 'dict', 'default': {'type': 'busybox'}, 'options': SOURCE_OPTIONS},
-                           rebuild={'type': 'bool', 'default': False}),
+                           rebuild={'type': 'bool', 'default': False},
+                           prune={'type': 'dict', 'options': {'keep': {'type': 'int', 'required': True}}}),
         supports_check_mode=True)
 
     def job():
@@ -282,7 +344,9 @@ def main():
         store = TemplateStore(host)
         before = store.versions(name)
         actions = []
-        if params['state'] == 'present':
+        if params['state'] == 'present' and params['source'].get('type') == 'copy':
+            actions += copy_template(store, name, params['source'], module.check_mode)
+        elif params['state'] == 'present':
             if not before or params['rebuild']:
                 if not module.check_mode:
                     host.ensure_layout()
@@ -293,19 +357,24 @@ def main():
         else:
             doomed = [params['version']] if params['version'] else before
             doomed = [v for v in doomed if v in before]
-            users = users_of(host, name, doomed)
+            users = store.in_use(name, doomed)
             if users:
                 raise VzError('template %s is in use: %s' % (name, '; '.join(
-                    '%s@%s by VE %s' % (name, v, ', '.join(ves)) for v, ves in sorted(users.items()))),
+                    '%s@%s by %s' % (name, v, ', '.join(why)) for v, why in sorted(users.items()))),
                     users=users)
             for version in doomed:
                 if not module.check_mode:
                     store.remove_version(name, version)
                 actions.append('remove %s@%s' % (name, version))
+        pruned, kept = [], {}
+        if params['prune'] is not None and params['state'] == 'present':
+            planned = _predicted([], actions, name) if module.check_mode else []
+            pruned, kept = store.prune(name, params['prune']['keep'], check_mode=module.check_mode, planned=planned)
+            actions += ['remove %s@%s' % (name, v) for v in pruned]
         after = store.versions(name) if not module.check_mode else _predicted(before, actions, name)
         latest = after[-1] if after else None
         manifest = store.manifest(name, latest) if latest and latest in store.versions(name) else None
-        result = {'changed': bool(actions), 'actions': actions,
+        result = {'changed': bool(actions), 'actions': actions, 'pruned': pruned, 'kept_in_use': kept,
                   'template': {'name': name, 'version': latest, 'versions': after, 'manifest': manifest}}
         if module._diff:
             result['diff'] = {'before': {'versions': before}, 'after': {'versions': after}}
@@ -314,12 +383,23 @@ def main():
     run(module, job)
 
 
+def copy_template(store, name, source, check_mode):
+    """Copy ``name`` (``source.version`` or the newest) from ``source.host``; returns the actions."""
+    remote = Remote(source.get('host'), user=source.get('user') or 'root', ssh_key=source.get('ssh_key'),
+                    port=source.get('port'), vz_root=source.get('vz_root'), known_hosts=source.get('known_hosts'),
+                    host_key_checking=source.get('host_key_checking') or 'accept-new')
+    copied = store.copy_from(name, remote, source.get('version'), check_mode=check_mode)
+    return ['copy %s@%s from %s' % (cname, cversion, remote.host) for cname, cversion in copied]
+
+
 def _predicted(before, actions, name):
     versions = list(before)
     for action in actions:
         verb, _sep, ref = action.partition(' ')
-        version = ref.split('@', 1)[1]
-        if verb == 'build':
+        ref_name, _sep, version = ref.split(' ')[0].partition('@')
+        if ref_name != name:
+            continue
+        if verb in ('build', 'copy'):
             versions.append(version)
         elif version in versions:
             versions.remove(version)
