@@ -23,7 +23,8 @@ import stat
 import subprocess
 import tarfile
 import urllib.parse
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 from . import _validate
 from ._cgroups import CgroupTree
@@ -379,9 +380,9 @@ def build_tarball(store, rootfs, source):
     if path is None:  # download into the staging directory, next to rootfs
         path = os.path.join(os.path.dirname(rootfs), 'download.tar')
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(path, 'wb') as out:  # nosec - operator's URL
+            with open_url(url, timeout=60) as response, open(path, 'wb') as out:
                 shutil.copyfileobj(response, out, 1 << 20)
-        except OSError as exc:
+        except Exception as exc:  # pylint: disable=broad-except  # urllib, ssl and http errors alike
             raise VzError('downloading tarball %s failed: %s' % (url, exc))
     actual = file_sha256(path)
     if actual != expected:
@@ -653,6 +654,7 @@ def build_layer(store, rootfs, source):
     _strip_overlay_xattrs(rootfs)
     os.chmod(rootfs, 0o755)
     return {'os': base.get('os'), 'release': base.get('release'), 'parent': '%s@%s' % (base['name'], base['version']),
+            'parents': ['%s@%s' % (m['name'], m['version']) for m in store.layers(base)],
             'packages': installed, 'init': base.get('init') or {}}
 
 

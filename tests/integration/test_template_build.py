@@ -244,6 +244,7 @@ def test_layer_with_package_file_and_command(deb_store, debian12, four_steps, ru
     version = real["template"]["version"]
     manifest = deb_store.manifest("debian-12+hello", version)
     assert manifest["parent"] == "debian-12@%s" % debian12
+    assert manifest["parents"] == ["debian-12@%s" % debian12]          # the whole chain, nearest first
     assert manifest["os"] == "debian" and manifest["init"]["halt_signal"] == "SIGRTMIN+3"
     assert {"name": "hello", "version": next(p["version"] for p in manifest["packages"] if p["name"] == "hello")} \
         in manifest["packages"]
@@ -270,8 +271,8 @@ def test_layer_with_package_file_and_command(deb_store, debian12, four_steps, ru
 
 
 def test_layer_failing_command_publishes_nothing(store, busybox, run_playbook):
-    source = {"type": "layer", "base": "busybox", "commands": [["touch", "/made"],
-                                                              ["sh", "-c", "echo doomed-step >&2; exit 3"]]}
+    commands = [["touch", "/made"], ["sh", "-c", "echo doomed-step >&2; exit 3"]]
+    source = {"type": "layer", "base": "busybox", "commands": commands}
     run = run_playbook(_play([dict(store.template("bb-app", source), name="build")]), expect_fail=True)
     msg = run.task("build").msg
     assert "command ['sh', '-c', 'echo doomed-step >&2; exit 3'] failed with rc=3" in msg, msg
@@ -282,8 +283,8 @@ def test_layer_failing_command_publishes_nothing(store, busybox, run_playbook):
 
 def test_layer_on_busybox_stacks(store, busybox, run_playbook):
     """A layer needs no apt: a busybox base with a command; a VE on it sees the change."""
-    source = {"type": "layer", "base": "busybox@%s" % busybox, "commands": [["sh", "-c", "echo hi > /etc/app"],
-                                                                           ["rm", "/etc/os-release"]]}
+    commands = [["sh", "-c", "echo hi > /etc/app"], ["rm", "/etc/os-release"]]
+    source = {"type": "layer", "base": "busybox@%s" % busybox, "commands": commands}
     run_playbook(_play([dict(store.template("bb-app", source), name="build")]))
     version = store.versions("bb-app")[-1]
     assert store.manifest("bb-app", version)["parent"] == "busybox@%s" % busybox
