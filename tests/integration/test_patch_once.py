@@ -47,8 +47,8 @@ def test_patch_once_for_all(store, four_steps):
 
     batches = [names[:3], names[3:]]
     for number, batch in enumerate(batches, 1):
-        result = four_steps({"osvirt.vz.ve": store.opts(rebase="latest", restart=True,
-                                                         ves=[{"name": n} for n in batch])})
+        task = store.opts(rebase="latest", restart=True, ves=[{"name": n} for n in batch])
+        result = four_steps({"osvirt.vz.ve": task})
         check, real, again, _check_again = result.steps["localhost"]
         for res in (check, real):
             assert sorted(r["name"] for r in res["rebased"]) == batch, res.result
