@@ -337,6 +337,25 @@ class TemplateStore:
                 reasons[version] = why
         return reasons
 
+    def remove_unused(self, name, versions, check_mode=False):
+        """Remove ``versions`` of ``name`` unless one is in use; then nothing is removed and the error names the users.
+
+        The check and the removal happen under the template lock, so a concurrent prune or copy cannot interleave.
+        """
+        def check():
+            users = self.in_use(name, versions)
+            if users:
+                raise VzError('template %s is in use: %s' % (name, '; '.join(
+                    '%s@%s by %s' % (name, v, ', '.join(why)) for v, why in sorted(users.items()))), users=users)
+        if check_mode:
+            check()
+            return list(versions)
+        with Lock(self.host.locks_dir, 'template', name, 'removing template %s' % name):
+            check()
+            for version in versions:
+                self.remove_version(name, version)
+        return list(versions)
+
     def prune_plan(self, name, keep, planned=()):
         """Versions of ``name`` that pruning to the newest ``keep`` removes, and older ones kept because in use.
 
@@ -514,6 +533,12 @@ class TemplateStore:
             with Lock(self.host.locks_dir, 'template', name, 'copying template %s@%s' % (name, version)):
                 if version not in self.versions(name):
                     os.rename(staging, os.path.join(self.root, name, version))
+        except BaseException:
+            try:  # a first copy that failed leaves no empty template directory behind
+                os.rmdir(os.path.join(self.root, name))
+            except OSError:
+                pass
+            raise
         finally:
             remove_tree(staging)
         return manifest

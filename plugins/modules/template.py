@@ -357,15 +357,9 @@ def main():
         else:
             doomed = [params['version']] if params['version'] else before
             doomed = [v for v in doomed if v in before]
-            users = store.in_use(name, doomed)
-            if users:
-                raise VzError('template %s is in use: %s' % (name, '; '.join(
-                    '%s@%s by %s' % (name, v, ', '.join(why)) for v, why in sorted(users.items()))),
-                    users=users)
-            for version in doomed:
-                if not module.check_mode:
-                    store.remove_version(name, version)
-                actions.append('remove %s@%s' % (name, version))
+            if doomed:
+                actions += ['remove %s@%s' % (name, v)
+                            for v in store.remove_unused(name, doomed, check_mode=module.check_mode)]
         pruned, kept = [], {}
         if params['prune'] is not None and params['state'] == 'present':
             planned = _predicted([], actions, name) if module.check_mode else []
