@@ -259,17 +259,24 @@ def _debootstrap_options(source):
     return suite, variant, mirror.rstrip('/'), components, packages, cache
 
 
-def validate_source(source):
-    """Check a source dict before anything is built (also in check mode); raise one clear VzError."""
+def validate_source(source, store=None):
+    """Check a source dict before anything is built (also in check mode); raise one clear VzError.
+
+    With ``store``, what the source names must exist there too (the VE, the base template).
+    """
     kind = source.get('type')
     if kind == 'debootstrap':
         _debootstrap_options(source)
     elif kind == 'tarball':
         _tarball_options(source)
     elif kind == 've':
-        _validate.ve_name(source.get('ve'))
+        name = _validate.ve_name(source.get('ve'))
+        if store is not None and not os.path.isfile(os.path.join(store.host.ve_dir(name), 've.json')):
+            raise VzError('VE %s does not exist on this host (or is not managed by osvirt.vz)' % name)
     elif kind == 'layer':
-        _layer_options(source)
+        base = _layer_options(source)[0]
+        if store is not None:
+            store.resolve(base)
 
 
 def build_debootstrap(store, rootfs, source):

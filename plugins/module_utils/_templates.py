@@ -193,7 +193,7 @@ class TemplateStore:
         if kind not in builders:
             raise VzError('template source type %r is not supported here (supported: %s)'
                           % (kind, ', '.join(sorted(builders))))
-        _template_build.validate_source(source)
+        _template_build.validate_source(source, self)
         if check_mode:  # no lock: check mode must not even create the lock file
             return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):

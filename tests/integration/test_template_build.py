@@ -299,6 +299,12 @@ def test_layer_with_an_invalid_base_version(store, busybox, run_playbook):
     run = run_playbook(_play([dict(store.template("bb-app", source), name="build")]), expect_fail=True)
     assert "invalid template version '2026-11-25'" in run.task("build").msg
     _assert_nothing_published(store, "bb-app")
+    # a base that does not exist is found in check mode already
+    source = {"type": "layer", "base": "nosuch", "commands": [["true"]]}
+    run = run_playbook(_play([dict(store.template("bb-app", source), name="check", check_mode=True)]),
+                       expect_fail=True)
+    assert "template nosuch does not exist on this host" in run.task("check").msg
+    _assert_nothing_published(store, "bb-app")
 
 
 # --------------------------------------------------------------------------------------- ve
