@@ -177,3 +177,28 @@ def test_failed_start_on_the_new_version_puts_the_ve_back(store):
     # nothing is pending: the VE runs what its config says
     res = store.run(play([store.ve_task("again", name=ve, template="busybox")])).task("again")
     assert not res.changed and res["restart_required"] is False, res.result
+
+
+def test_hidden_files_from_what_the_running_ve_did(store):
+    """Whiteouts and opaque directories as overlayfs itself writes them in an unprivileged VE."""
+    v1 = store.build()
+    ve = store.name("e")
+    store.run(play([store.ve_task("create", name=ve, template="busybox")]))
+    store.attach(ve, "sh", "-c", "rm /etc/hosts && rm -rf /usr/share/udhcpc && mkdir /usr/share/udhcpc && "
+                 "echo mine > /usr/share/udhcpc/mine && echo changed > /etc/passwd.local && rm /etc/os-release")
+    v2 = publish_variant(store.root, "busybox", v1, write={
+        "etc/hosts": "127.0.0.1 localhost v2\n",                          # the VE deleted it: whiteout
+        "usr/share/udhcpc/default.script": "#!/bin/sh\n# v2\nexit 0\n",    # under the VE's opaque dir
+    })
+    run = store.run(play([store.ve_task("check", name=ve, rebase="latest", restart=True)]), check=True)
+    res = run.task("check")
+    assert store.meta(ve)["template"] == "busybox@" + v1      # check mode changed nothing
+    assert _hidden(res, ve) == [("/etc/hosts", "whiteout", "modified"),
+                                ("/usr/share/udhcpc", "opaque directory", "modified")], res["hidden_files"]
+    entry = [e for e in res["hidden_files"][ve] if e["path"] == "/usr/share/udhcpc"][0]
+    assert entry["changed_below"] == 1
+    res = store.run(play([store.ve_task("rebase", name=ve, rebase="latest", restart=True)])).task("rebase")
+    assert res["rebased"][0]["to"] == "busybox@" + v2 and _hidden(res, ve) == _hidden(run.task("check"), ve)
+    # what the VE sees: its own deletions and directory win over the new version
+    assert store.attach(ve, "cat", "/etc/hosts", check=False).returncode != 0
+    assert store.attach(ve, "ls", "/usr/share/udhcpc").stdout.split() == ["mine"]
