@@ -78,13 +78,14 @@ def meminfo_cached():
 
 
 def cgroup_cache(parent, name):
+    """(page cache, of which shmem/tmpfs) charged to a VE's memory cgroup (v1 memory.stat)."""
     path = '/sys/fs/cgroup/memory/%s/%s/memory.stat' % (parent, name)
     try:
         with open(path, encoding='utf-8') as handle:
             stats = dict(line.split() for line in handle)
     except OSError:
-        return 0
-    return int(stats.get('total_cache', stats.get('cache', 0)))
+        return 0, 0
+    return int(stats.get('total_cache', 0)), int(stats.get('total_shmem', 0))
 
 
 def wait_running(lxcpath, name, timeout=90):
@@ -157,7 +158,7 @@ def main(argv=None):
         fig['state_1'] = wait_running(lxcpath, names[0])
         time.sleep(3)
         fig['cached_1_bytes'] = meminfo_cached() - base
-        fig['cgroup_cache_1_bytes'] = cgroup_cache(parent, names[0])
+        fig['cgroup_cache_1_bytes'], fig['cgroup_shmem_1_bytes'] = cgroup_cache(parent, names[0])
         log('page cache: %d VEs' % args.n)
         for name in names[1:]:
             sh(['lxc-start', '-P', lxcpath, '-n', name])
@@ -165,7 +166,10 @@ def main(argv=None):
         fig['states_n'] = {s: states.count(s) for s in set(states)}
         time.sleep(3)
         fig['cached_n_bytes'] = meminfo_cached() - base
-        fig['cgroup_cache_n_bytes'] = sum(cgroup_cache(parent, n) for n in names)
+        caches = [cgroup_cache(parent, n) for n in names]
+        fig['cgroup_cache_n_bytes'] = sum(c[0] for c in caches)
+        fig['cgroup_shmem_n_bytes'] = sum(c[1] for c in caches)
+        fig['cgroup_file_cache_each_mib'] = [round((c[0] - c[1]) / (1 << 20), 1) for c in caches]
         fig['template_bytes'] = dir_bytes(os.path.join(root, 'templates', 'debian-12'))[1]
     finally:
         for name in sh(['lxc-ls', '-1', '-P', lxcpath, '--active'], check=False).stdout.split():
@@ -198,10 +202,14 @@ def report(fig):
             fig['disk_per_ve_bytes'] / 1024, fig['disk_per_ve_apparent_bytes'] / 1024), 'target < 1 MiB'),
         ('template debian-12 on disk (rootfs + shifted copy)', '%.0f MiB' % (fig['template_bytes'] / mib),
          'a plain copy per VE would cost this per VE'),
-        ('page cache, 1 running VE (meminfo Cached delta)', '%.1f MiB' % (fig['cached_1_bytes'] / mib),
-         'cgroup cache %.1f MiB' % (fig['cgroup_cache_1_bytes'] / mib)),
-        ('page cache, %d running VEs (meminfo Cached delta)' % fig['n'], '%.1f MiB' % (fig['cached_n_bytes'] / mib),
-         'sum of cgroup caches %.1f MiB' % (fig['cgroup_cache_n_bytes'] / mib)),
+        ('page cache charged to the VE, 1 running VE', '%.1f MiB files + %.1f MiB tmpfs' % (
+            (fig['cgroup_cache_1_bytes'] - fig['cgroup_shmem_1_bytes']) / mib, fig['cgroup_shmem_1_bytes'] / mib),
+         'meminfo Cached delta %.1f MiB (whole machine)' % (fig['cached_1_bytes'] / mib)),
+        ('page cache charged to the VEs, %d running VEs' % fig['n'], '%.1f MiB files + %.1f MiB tmpfs' % (
+            (fig['cgroup_cache_n_bytes'] - fig['cgroup_shmem_n_bytes']) / mib, fig['cgroup_shmem_n_bytes'] / mib),
+         'meminfo Cached delta %.1f MiB (whole machine)' % (fig['cached_n_bytes'] / mib)),
+        ('file cache per VE (first VE first)', ' '.join('%.1f' % v for v in fig['cgroup_file_cache_each_mib']),
+         'MiB; a page is charged to the first VE that reads it'),
         ('VE states after boot', json.dumps(fig['states_n'], sort_keys=True), ''),
     ]
     print('\nmachine: %s' % fig['machine'])

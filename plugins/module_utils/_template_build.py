@@ -24,8 +24,6 @@ import subprocess
 import tarfile
 import urllib.parse
 
-from ansible.module_utils.urls import open_url
-
 from . import _validate
 from ._cgroups import CgroupTree
 from ._engine.client import LxcClient
@@ -385,6 +383,8 @@ def build_tarball(store, rootfs, source):
     """A tree from a root file system tarball whose sha256 the operator gives; extracted safely."""
     url, path, expected = _tarball_options(source)
     if path is None:  # download into the staging directory, next to rootfs
+        # imported here: the engine's other users (bench, lab tools) run without Ansible installed
+        from ansible.module_utils.urls import open_url  # pylint: disable=import-outside-toplevel
         path = os.path.join(os.path.dirname(rootfs), 'download.tar')
         try:
             with open_url(url, timeout=60) as response, open(path, 'wb') as out:
