@@ -623,13 +623,13 @@ class VeManager:
             for filename, data in plan['saved'].items():
                 atomic_write(os.path.join(directory, filename), data)
             if plan['current'] in ('running', 'frozen') and self.client.state(name)['state'] == 'stopped':
-                for attempt in range(3):  # the failed start's monitor may still be leaving its cgroup
+                for attempt in range(5):  # the failed start's monitor may still be leaving its cgroup
                     time.sleep(0.5 * (attempt + 1))
                     try:
                         self._step_start(dict(plan, manifest=None, new_meta=plan['meta']))
                         break
                     except VzError:
-                        if attempt == 2:
+                        if attempt == 4:
                             raise
                 if plan['current'] == 'frozen':
                     self.client.freeze(name)
