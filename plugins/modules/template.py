@@ -27,7 +27,8 @@ options:
   state:
     description:
       - V(present) makes sure a version exists. V(absent) removes O(version), or every version; it refuses
-        while a VE uses a version it would remove, and names those VEs.
+        while a VE uses a version it would remove (as its template or a layer of it), or another template
+        version is built on it, and names them; nothing is removed then.
     type: str
     choices: [present, absent]
     default: present
