@@ -58,6 +58,18 @@ iface lo inet loopback
 source /etc/network/interfaces.d/*
 """
 
+_SSH_KEYGEN_UNIT = """\
+# osvirt.vz: templates carry no SSH host keys; each VE makes its own before sshd starts.
+[Unit]
+Description=SSH host keys of this VE
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+"""
+
 
 # -- shared helpers ------------------------------------------------------------------------------
 def _run(argv, what, timeout=None, env=None, tail=5):
@@ -334,6 +346,17 @@ def prepare_debian_tree(rootfs, mirror, suite, components):
     mask = os.path.join(rootfs, 'etc/systemd/system/systemd-firstboot.service')
     if not os.path.lexists(mask):
         os.symlink('/dev/null', mask)
+    # SSH host keys are per VE: none in the template, made at the VE's first boot
+    if os.path.exists(os.path.join(rootfs, 'usr/sbin/sshd')):
+        sshdir = os.path.join(rootfs, 'etc/ssh')
+        for entry in os.listdir(sshdir):
+            if entry.startswith('ssh_host_'):
+                os.unlink(os.path.join(sshdir, entry))
+        write('etc/systemd/system/osvirt-ssh-hostkeys.service', _SSH_KEYGEN_UNIT)
+        os.makedirs(os.path.join(rootfs, 'etc/systemd/system/ssh.service.wants'), 0o755, exist_ok=True)
+        link = os.path.join(rootfs, 'etc/systemd/system/ssh.service.wants/osvirt-ssh-hostkeys.service')
+        if not os.path.lexists(link):
+            os.symlink('../osvirt-ssh-hostkeys.service', link)
     # LXC mounts a fresh /dev in every VE (lxc.autodev): the nodes debootstrap made are never seen
     devdir = os.path.join(rootfs, 'dev')
     for entry in os.listdir(devdir) if os.path.isdir(devdir) else []:

@@ -34,7 +34,7 @@ from template_helpers import kill_all, remove_cgroups, sh
 
 DEB_CACHE = "/var/cache/osvirt-vz/debootstrap/bookworm-%s" % {"x86_64": "amd64", "aarch64": "arm64"}.get(
     platform.machine(), platform.machine())
-DEBIAN = {"type": "debootstrap", "suite": "bookworm", "cache_dir": DEB_CACHE}
+DEBIAN = {"type": "debootstrap", "suite": "bookworm", "cache_dir": DEB_CACHE, "packages": ["openssh-server"]}
 GATEWAY = "10.20.0.1"
 
 
@@ -192,6 +192,7 @@ def test_debootstrap_debian12_four_steps(deb_store, four_steps):
     assert (rootfs / "etc/machine-id").read_text() == ""   # each VE makes its own
     assert not list((rootfs / "var/cache/apt/archives").glob("*.deb"))
     assert os.listdir(rootfs / "dev") == []
+    assert "openssh-server" in names and not list((rootfs / "etc/ssh").glob("ssh_host_*"))  # keys are per VE
     assert deb_store.tmp_entries() == []
     assert any(Path(DEB_CACHE).glob("*.deb")), "debootstrap kept no packages in %s" % DEB_CACHE
 
@@ -209,6 +210,8 @@ def test_debian12_ve_boots_to_running(deb_store, debian12, run_playbook):
         assert deb_store.attach(name, "hostname").stdout.strip() == name
         assert len(deb_store.attach(name, "cat", "/etc/machine-id").stdout.strip()) == 32
         assert "10.20.0.120/24" in deb_store.attach(name, "ip", "-4", "addr", "show", "eth0").stdout
+        assert deb_store.attach(name, "systemctl", "is-active", "ssh").stdout.strip() == "active"
+        assert deb_store.attach(name, "test", "-s", "/etc/ssh/ssh_host_ed25519_key").returncode == 0
         # a clean stop through systemd (SIGRTMIN+3) works
         start = time.monotonic()
         sh("lxc-stop", "-P", str(deb_store.ves), "-n", name, "--timeout", "30")
