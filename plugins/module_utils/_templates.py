@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from . import _validate
+from . import _template_build, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
 from ._locks import Lock
@@ -181,16 +181,24 @@ class TemplateStore:
                 return version
             stamp += 1
 
-    def build(self, name, source, check_mode=False):
-        """Build a new version of ``name`` from ``source`` and publish it; return its manifest."""
+    def build(self, name, source, check_mode=False, if_absent=False):
+        """Build a new version of ``name`` from ``source`` and publish it; return its manifest.
+
+        With ``if_absent``, a version published by a concurrent build while this one waited for
+        the template lock counts: nothing is built and None is returned.
+        """
         builders = {'busybox': self._build_busybox}
+        builders.update(_template_build.BUILDERS)
         kind = source.get('type')
         if kind not in builders:
             raise VzError('template source type %r is not supported here (supported: %s)'
                           % (kind, ', '.join(sorted(builders))))
+        _template_build.validate_source(source, self)
         if check_mode:  # no lock: check mode must not even create the lock file
             return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
+            if if_absent and self.versions(name):
+                return None
             version = self.new_version(name)
             make_dirs(os.path.join(self.root, name), 0o711)
             staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
@@ -198,7 +206,10 @@ class TemplateStore:
                 os.chmod(staging, 0o711)
                 rootfs = os.path.join(staging, 'rootfs')
                 os.mkdir(rootfs, 0o755)
-                manifest = builders[kind](rootfs, source)
+                if kind == 'busybox':
+                    manifest = self._build_busybox(rootfs, source)
+                else:
+                    manifest = builders[kind](self, rootfs, source)
                 manifest.update({
                     'name': name,
                     'version': version,
@@ -277,6 +288,277 @@ class TemplateStore:
         except OSError:
             pass
 
+    # -- who uses what (template_info, removal, pruning) ----------------------------------
+    def ve_templates(self):
+        """{VE name: its ve.json} for every VE of the host (read-only, no LXC call)."""
+        ves_dir = self.host.ves_dir
+        try:
+            entries = sorted(os.listdir(ves_dir))
+        except FileNotFoundError:
+            return {}
+        result = {}
+        for ve in entries:
+            if not _validate.VE_NAME_RE.fullmatch(ve):
+                continue
+            meta = read_json(os.path.join(ves_dir, ve, 've.json'))
+            if isinstance(meta, dict):
+                result[ve] = meta
+        return result
+
+    def users(self, ves=None):
+        """Which VEs use which versions: {'name@version': [VE, ...]}.
+
+        A VE uses every layer of its template (the VEs of an app template use its OS template too).
+        """
+        users = {}
+        for ve, meta in sorted((ves if ves is not None else self.ve_templates()).items()):
+            for ref in meta.get('layers') or ([meta['template']] if meta.get('template') else []):
+                users.setdefault(ref, []).append(ve)
+        return users
+
+    def children(self):
+        """Versions other published versions stack on: {'name@version': ['child@version', ...]}."""
+        children = {}
+        for name in self.names():
+            for version in self.versions(name):
+                parent = (read_json(os.path.join(self.root, name, version, 'manifest.json')) or {}).get('parent')
+                if parent:
+                    children.setdefault(parent, []).append('%s@%s' % (name, version))
+        return children
+
+    def in_use(self, name, versions):
+        """Why versions of ``name`` must stay: {version: ['VE web1', 'template x@v', ...]} for those in use."""
+        users, children = self.users(), self.children()
+        reasons = {}
+        for version in versions:
+            ref = '%s@%s' % (name, version)
+            why = ['VE %s' % ve for ve in users.get(ref, [])] + ['template %s' % c for c in children.get(ref, [])]
+            if why:
+                reasons[version] = why
+        return reasons
+
+    def remove_unused(self, name, versions, check_mode=False):
+        """Remove ``versions`` of ``name`` unless one is in use; then nothing is removed and the error names the users.
+
+        The check and the removal happen under the template lock, so a concurrent prune or copy cannot interleave.
+        """
+        def check():
+            users = self.in_use(name, versions)
+            if users:
+                raise VzError('template %s is in use: %s' % (name, '; '.join(
+                    '%s@%s by %s' % (name, v, ', '.join(why)) for v, why in sorted(users.items()))), users=users)
+        if check_mode:
+            check()
+            return list(versions)
+        with Lock(self.host.locks_dir, 'template', name, 'removing template %s' % name):
+            check()
+            for version in versions:
+                self.remove_version(name, version)
+        return list(versions)
+
+    def prune_plan(self, name, keep, planned=()):
+        """Versions of ``name`` that pruning to the newest ``keep`` removes, and older ones kept because in use.
+
+        Never the newest version, never one a VE or another template version uses. ``planned`` are
+        versions a check-mode run would have built first. Returns ``(removable, kept_in_use)``;
+        ``kept_in_use`` maps a version to why it stays.
+        """
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise VzError('prune keep must be a whole number of at least 1 (the newest version always stays), '
+                          'got %r' % (keep,))
+        older = sorted(set(self.versions(name)) | set(planned))[:-keep]
+        kept = self.in_use(name, older)
+        return [v for v in older if v not in kept and v not in planned], kept
+
+    def prune(self, name, keep, check_mode=False, planned=()):
+        """Remove the versions ``prune_plan`` names, under the template lock; returns the plan."""
+        if check_mode:
+            return self.prune_plan(name, keep, planned)
+        with Lock(self.host.locks_dir, 'template', name, 'pruning template %s' % name):
+            removable, kept = self.prune_plan(name, keep)
+            for version in removable:
+                self.remove_version(name, version)
+        return removable, kept
+
+    # -- template_info ----------------------------------------------------------------------
+    def summary(self, names=None, usage=True):
+        """Templates, versions, their users, outdated VEs and disk use (shared vs private).
+
+        ``names`` limits the report to these templates (and VEs on them). With ``usage`` the shifted
+        copies and private areas are measured (a walk of each); template sizes come from manifests.
+        """
+        ves = self.ve_templates()
+        users, children = self.users(ves), self.children()
+        wanted = set(names) if names else None
+        templates, newest = [], {}
+        disk = {'template_bytes': 0, 'shifted_bytes': 0 if usage else None, 'private_bytes': 0 if usage else None}
+        for name in self.names():
+            if wanted is not None and name not in wanted:
+                continue
+            versions = self.versions(name)
+            if not versions:
+                continue
+            newest[name] = versions[-1]
+            entries = []
+            for version in versions:
+                manifest = self.manifest(name, version)
+                ref = '%s@%s' % (name, version)
+                idmap_dir = os.path.join(self.version_dir(name, version), 'idmap')
+                try:
+                    idmaps = sorted(os.listdir(idmap_dir))
+                except FileNotFoundError:
+                    idmaps = []
+                entry = {
+                    'version': version, 'ref': ref, 'newest': version == versions[-1],
+                    'created': manifest.get('created'), 'size': manifest.get('size'),
+                    'checksum': manifest.get('checksum'), 'parent': manifest.get('parent'),
+                    'os': manifest.get('os'), 'arch': manifest.get('arch'),
+                    'source': (manifest.get('source') or {}).get('type'),
+                    'packages': len(manifest.get('packages') or []),
+                    'ves': users.get(ref, []), 'children': children.get(ref, []),
+                    'idmaps': idmaps, 'shifted_bytes': None,
+                }
+                entry['in_use'] = bool(entry['ves'] or entry['children'])
+                disk['template_bytes'] += manifest.get('size') or 0
+                if usage:
+                    entry['shifted_bytes'] = sum(disk_usage(os.path.join(idmap_dir, key)) for key in idmaps)
+                    disk['shifted_bytes'] += entry['shifted_bytes']
+                entries.append(entry)
+            templates.append({'name': name, 'newest': versions[-1], 'versions': entries,
+                              'ves': sorted({ve for e in entries for ve in e['ves']})})
+        report_ves, outdated = [], []
+        for ve, meta in sorted(ves.items()):
+            tname, _sep, version = (meta.get('template') or '').partition('@')
+            if wanted is not None and tname not in wanted:
+                continue
+            item = {'name': ve, 'template': meta.get('template'), 'template_name': tname,
+                    'template_version': version or None, 'newest': newest.get(tname),
+                    'outdated': bool(newest.get(tname)) and version != newest.get(tname),
+                    'private_bytes': None}
+            if usage:
+                item['private_bytes'] = disk_usage(os.path.join(self.host.ves_dir, ve, 'private'))
+                disk['private_bytes'] += item['private_bytes']
+            report_ves.append(item)
+            if item['outdated']:
+                outdated.append({'name': ve, 'template': item['template'],
+                                 'newest': '%s@%s' % (tname, newest[tname])})
+        disk['shared_bytes'] = disk['template_bytes'] + (disk['shifted_bytes'] or 0)
+        disk['ves'] = len(report_ves)
+        return {'templates': templates, 'ves': report_ves, 'outdated': outdated, 'disk': disk}
+
+    # -- copies from another host ---------------------------------------------------------
+    def copy_plan(self, name, remote, version=None):
+        """Versions to copy from ``remote`` (an ``_rsync.Remote``) so ``name@version`` is here.
+
+        ``version`` None means the newest version on the remote host. Returns ``(version, chain)``:
+        ``chain`` lists ``(name, version, manifest)`` of the missing versions, parents first; empty
+        when the version is here already. Reads only: the manifests go to a temporary directory.
+        """
+        name = _validate.template_name(name)
+        remote_dir = '%s/templates/%s' % (remote.vz_root, name)
+        if version is None:
+            remote_versions = sorted(v for v in self._remote_list(remote, remote_dir, name)
+                                     if _validate.TEMPLATE_VERSION_RE.fullmatch(v))
+            if not remote_versions:
+                raise VzError('template %s has no version on %s under %s' % (name, remote.host, remote.vz_root))
+            version = remote_versions[-1]
+        version = _validate.template_version(version)
+        chain, ref, seen = [], '%s@%s' % (name, version), set()
+        while ref:
+            rname, rversion = _validate.template_ref(ref)
+            if rversion is None or ref in seen:
+                raise VzError('template %s on %s has a bad parent chain at %s' % (name, remote.host, ref))
+            seen.add(ref)
+            if rversion in self.versions(rname):
+                break
+            manifest = self._remote_manifest(remote, rname, rversion)
+            chain.append((rname, rversion, manifest))
+            ref = manifest.get('parent')
+        return version, list(reversed(chain))
+
+    def _remote_list(self, remote, path, name):
+        try:
+            return remote.list_dir(path, 'listing template %s on %s' % (name, remote.host))
+        except VzError as exc:
+            if exc.details.get('missing'):
+                raise VzError('template %s does not exist on %s (no %s)' % (name, remote.host, path))
+            raise
+
+    def _remote_manifest(self, remote, name, version):
+        """The manifest of ``name@version`` on ``remote``, fetched into a temporary directory."""
+        scratch = tempfile.mkdtemp(prefix='vz-manifest-')
+        try:
+            try:
+                remote.pull('%s/templates/%s/%s' % (remote.vz_root, name, version), scratch,
+                            'reading manifest of %s@%s on %s' % (name, version, remote.host),
+                            excludes=['/rootfs/', '/idmap/'])
+            except VzError as exc:
+                if exc.details.get('missing'):
+                    raise VzError('template %s@%s does not exist on %s' % (name, version, remote.host))
+                raise
+            manifest = read_json(os.path.join(scratch, 'manifest.json'))
+        finally:
+            remove_tree(scratch)
+        if not isinstance(manifest, dict) or manifest.get('name') != name or manifest.get('version') != version:
+            raise VzError('template %s@%s on %s has no valid manifest.json' % (name, version, remote.host))
+        return manifest
+
+    def copy_version(self, name, version, remote):
+        """Pull ``name@version`` from ``remote`` into .tmp, verify its checksum, publish it by rename.
+
+        The copy is the same immutable version, so it keeps its version id. On a checksum mismatch
+        nothing is published and the staging directory is removed.
+        """
+        remote_path = '%s/templates/%s/%s' % (remote.vz_root, name, version)
+        make_dirs(os.path.join(self.root, name), 0o711)
+        staging = tempfile.mkdtemp(prefix='copy-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+        try:
+            remote.pull(remote_path, staging, 'copying template %s@%s from %s' % (name, version, remote.host),
+                        excludes=['/idmap/'])
+            os.chmod(staging, 0o711)
+            manifest = read_json(os.path.join(staging, 'manifest.json'))
+            if not isinstance(manifest, dict) or manifest.get('name') != name or manifest.get('version') != version:
+                raise VzError('the copy of template %s@%s from %s has no valid manifest.json; nothing published'
+                              % (name, version, remote.host))
+            rootfs = os.path.join(staging, 'rootfs')
+            if not os.path.isdir(rootfs) or os.path.islink(rootfs):
+                raise VzError('the copy of template %s@%s from %s has no rootfs; nothing published'
+                              % (name, version, remote.host))
+            actual = 'sha256:' + tree_checksum(rootfs)
+            if actual != manifest.get('checksum'):
+                raise VzError('the copy of template %s@%s from %s does not match its manifest checksum (manifest %s, '
+                              'copy %s): the source tree was changed or damaged; nothing published'
+                              % (name, version, remote.host, manifest.get('checksum'), actual),
+                              expected=manifest.get('checksum'), actual=actual)
+            with Lock(self.host.locks_dir, 'template', name, 'copying template %s@%s' % (name, version)):
+                if version not in self.versions(name):
+                    os.rename(staging, os.path.join(self.root, name, version))
+        except BaseException:
+            try:  # a first copy that failed leaves no empty template directory behind
+                os.rmdir(os.path.join(self.root, name))
+            except OSError:
+                pass
+            raise
+        finally:
+            remove_tree(staging)
+        return manifest
+
+    def copy_from(self, name, remote, version=None, check_mode=False):
+        """Make ``name@version`` (default: the newest on ``remote``) present here, copying its missing chain.
+
+        Returns the ``(name, version)`` pairs copied (or that check mode would copy), parents first. A version
+        that is here already needs no connection at all.
+        """
+        name = _validate.template_name(name)
+        if version is not None and _validate.template_version(version) in self.versions(name):
+            return []
+        version, chain = self.copy_plan(name, remote, version)
+        if not check_mode:
+            self.host.ensure_layout()
+            for cname, cversion, _manifest in chain:
+                self.copy_version(cname, cversion, remote)
+        return [(cname, cversion) for cname, cversion, _manifest in chain]
+
 
 def _copy_tree(src, dst):
     """Copy a tree with owners, modes, links, xattrs; reflinks where the filesystem has them."""
@@ -286,18 +568,8 @@ def _copy_tree(src, dst):
 
 
 def _shift_ownership(root, idmap):
-    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits."""
-    def shift(path):
-        st = os.lstat(path)
-        uid = st.st_uid + idmap.uid if st.st_uid < idmap.count else st.st_uid
-        gid = st.st_gid + idmap.gid if st.st_gid < idmap.count else st.st_gid
-        os.lchown(path, uid, gid)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(path, stat.S_IMODE(st.st_mode))  # chown cleared them
-    shift(root)
-    for current, dirnames, filenames in os.walk(root):
-        for entry in dirnames + filenames:
-            shift(os.path.join(current, entry))
+    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits and file capabilities."""
+    _template_build.shift_tree(root, idmap)
 
 
 def tree_checksum(root):

@@ -32,8 +32,9 @@ from . import _limits, _quota, _validate
 from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import disk_usage, read_json, remove_tree, write_json
+from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_json
 from ._locks import Lock
+from ._rebase import hidden_files
 from ._templates import TemplateStore
 
 STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
@@ -212,6 +213,9 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
     ]
     idmap = meta.get('idmap')
     if idmap:
+        # inside a user namespace overlayfs cannot write trusted.* xattrs: without userxattr,
+        # removing a directory of a lower layer (it needs an opaque mark) fails with EIO
+        items.append(('lxc.rootfs.options', 'userxattr'))
         items += [('lxc.idmap', 'u 0 %d %d' % (idmap['uid'], idmap['count'])),
                   ('lxc.idmap', 'g 0 %d %d' % (idmap['gid'], idmap['count']))]
     items += [
@@ -376,22 +380,7 @@ class VeManager:
         if meta and bool(meta.get('privileged')) != bool(new['privileged']):
             raise VzError('VE %s: privileged cannot change on an existing VE (its files are owned by other '
                           'ids); create a new VE instead' % name)
-        # template: name alone keeps the version a VE has; name@version asks for that version
-        wanted = spec.get('template')
-        if wanted is None and not meta:
-            raise VzError('VE %s does not exist: template is required to create it' % name)
-        if wanted is None:
-            manifest = self.templates.manifest(*_validate.template_ref(current['template']))
-        else:
-            tname, tversion = _validate.template_ref(wanted)
-            if meta:
-                cname, cversion = _validate.template_ref(current['template'])
-                if tname != cname:
-                    raise VzError('VE %s is built on template %s; it cannot move to template %s (create a '
-                                  'new VE instead)' % (name, cname, tname))
-                manifest = self.templates.resolve('%s@%s' % (tname, tversion or cversion))
-            else:
-                manifest = self.templates.resolve(wanted)
+        manifest = self._wanted_template(name, spec, current if meta else None)
         new['template'] = '%s@%s' % (manifest['name'], manifest['version'])
         new['layers'] = ['%s@%s' % (m['name'], m['version']) for m in self.templates.layers(manifest)]
         new['cgroup_parent'] = current.get('cgroup_parent') if meta else self.host.cgroup_parent
@@ -405,6 +394,34 @@ class VeManager:
                 raise VzError('VE %s interface %s: bridge %s does not exist on this host (the osvirt.vz.host '
                               'role creates %s)' % (name, iface['name'], iface['bridge'], self.host.bridge))
         return new, manifest
+
+    def _wanted_template(self, name, spec, current):
+        """Manifest of the version a VE should run on (``current``: its metadata, None when new).
+
+        ``name`` alone keeps the version an existing VE has; ``name@version`` asks for that version
+        (a rebase, older versions included); ``rebase: latest`` asks for the newest version of the
+        VE's template. A VE never moves to another template name: its private area was made on it.
+        """
+        wanted, rebase = spec.get('template'), spec.get('rebase')
+        if rebase not in (None, 'latest'):
+            raise VzError('VE %s: invalid rebase %r: use "latest"' % (name, rebase))
+        if wanted is None and current is None:
+            raise VzError('VE %s does not exist: template is required to create it' % name)
+        tname, tversion = _validate.template_ref(wanted) if wanted is not None else (None, None)
+        if rebase and tversion:
+            raise VzError('VE %s: template %s names a version and rebase: latest asks for the newest; use one '
+                          'of them' % (name, wanted))
+        if current is None:
+            return self.templates.resolve(wanted)
+        cname, cversion = _validate.template_ref(current['template'])
+        if tname is not None and tname != cname:
+            raise VzError('VE %s is built on template %s; it cannot move to template %s (its private area was '
+                          'made on %s: create a new VE instead)' % (name, cname, tname, cname))
+        if rebase:
+            return self.templates.resolve(cname)
+        if tversion is None:
+            return self.templates.manifest(cname, cversion)
+        return self.templates.resolve('%s@%s' % (cname, tversion))
 
     def desired_config(self, meta, manifest, create=False):
         idmap = self.host.idmap() if meta.get('idmap') else None
@@ -559,6 +576,8 @@ class VeManager:
             plan['steps'], plan['restart_required'] = plan_transitions(current, 'absent')
             return plan
         new_meta, manifest = self.desired_meta(spec, meta)
+        if meta is not None and meta.get('template') != new_meta['template']:
+            plan['rebase'] = self._rebase_info(meta, manifest)
         config = self.desired_config(new_meta, manifest, create=False)
         config_changed = meta_changed = stale = False
         if meta is not None:
@@ -582,12 +601,44 @@ class VeManager:
         plan['steps'] = steps
         return plan
 
+    def _rebase_info(self, meta, manifest):
+        """From/to of a rebase, whether it goes back in time, and what the private area hides."""
+        old_ref = meta['template']
+        new_ref = '%s@%s' % (manifest['name'], manifest['version'])
+        info = {'from': old_ref, 'to': new_ref, 'rollback': new_ref < old_ref,
+                'hidden_files': None, 'hidden_more': 0, 'warnings': []}
+        try:
+            old_manifest = self.templates.manifest(*_validate.template_ref(old_ref))
+            old_lowers = self.templates.lower_dirs(old_manifest)
+        except VzError as exc:
+            info['warnings'].append('VE %s: cannot tell which private files hide changes of %s: %s'
+                                    % (meta['name'], new_ref, exc))
+            return info
+        upper = os.path.join(self.host.ve_dir(meta['name']), 'private', 'upper')
+        info['hidden_files'], info['hidden_more'] = hidden_files(upper, old_lowers,
+                                                                 self.templates.lower_dirs(manifest))
+        if info['rollback']:
+            info['warnings'].append('VE %s goes back from %s to the older version %s (rollback)'
+                                    % (meta['name'], old_ref, new_ref))
+        if info['hidden_more']:
+            info['warnings'].append('VE %s: %d more private files hide changes of %s than hidden_files lists'
+                                    % (meta['name'], info['hidden_more'], new_ref))
+        return info
+
+    def _label(self, plan, step):
+        """The action text of one step; a configure that moves the VE to another version says so."""
+        rebase = plan.get('rebase')
+        if step == 'configure' and rebase:
+            return 'rebase %s from %s to %s%s' % (plan['name'], rebase['from'], rebase['to'],
+                                                  ' (rollback to an older version)' if rebase['rollback'] else '')
+        return '%s %s' % (step, plan['name'])
+
     def _predict(self, plan):
         """What a check-mode run reports: the plan, with nothing done."""
         state = _final_state(plan['current'], plan['steps'])
         meta = plan['new_meta'] or plan['meta'] or {'name': plan['name']}
         return self._result(plan, meta, state, plan['pid'] if state == plan['current'] else None,
-                            ['%s %s' % (step, plan['name']) for step in plan['steps']])
+                            [self._label(plan, step) for step in plan['steps']])
 
     def _result(self, plan, meta, state, pid, actions, error=None):
         before = spec_view(plan['meta']) if plan['meta'] else {}
@@ -600,7 +651,11 @@ class VeManager:
         writes = plan.get('limit_done')
         if writes is None:
             writes = [(p, _limits.read_file(p), v) for p, v in plan.get('limit_writes') or []]
+        rebase = plan.get('rebase')
+        if rebase:
+            warnings += rebase['warnings']
         return {
+            'rebase': {k: rebase[k] for k in ('from', 'to', 'rollback', 'hidden_files')} if rebase else None,
             've': public_view(meta, state, pid) if state != 'absent' else {'name': plan['name'], 'state': 'absent'},
             'limit_changes': [{'file': p, 'before': b, 'after': a} for p, b, a in writes],
             'changed': bool(actions),
@@ -618,7 +673,7 @@ class VeManager:
         try:
             for step in plan['steps']:
                 getattr(self, '_step_' + step)(plan)
-                done.append('%s %s' % (step, name))
+                done.append(self._label(plan, step))
                 created = created or step == 'create'
                 state = _final_state(state, [step])
                 if state != plan['current'] or step in ('start', 'stop', 'kill'):
@@ -638,6 +693,8 @@ class VeManager:
                 except Exception as rollback:  # pragma: no cover - best effort, reported
                     message += '; rolling back the new VE failed too: %s' % rollback
             else:
+                if plan.get('saved'):
+                    message += self._undo_configure(plan)
                 state = self.client.state(name)['state'] if plan['meta'] else 'absent'
             details = getattr(exc, 'details', {}) or {}
             result = self._result(plan, plan['new_meta'] or plan['meta'] or {'name': name}, state, None, done,
@@ -680,6 +737,8 @@ class VeManager:
             on_disk = LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)
             self._record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
         config = self.desired_config(plan['new_meta'], plan['manifest'], create=True)
+        if plan.get('rebase'):  # what _undo_configure puts back if the VE fails on the new version
+            plan['saved'] = {f: _read_bytes(os.path.join(directory, f)) for f in ('config', 've.json')}
         cfg = LxcConfig.load(os.path.join(directory, 'config'))
         cfg.replace_owned(is_owned, config)
         cfg.save(os.path.join(directory, 'config'))
@@ -711,6 +770,29 @@ class VeManager:
                                          capacity_bps=self.host.net_capacity)
             else:
                 _shaping().clear_shaping(iface['host_link'])
+
+    def _undo_configure(self, plan):
+        """Put a rebased VE's config and metadata back and start it again if it ran; returns a note."""
+        name, directory = plan['name'], self.host.ve_dir(plan['name'])
+        try:
+            for filename, data in plan['saved'].items():
+                atomic_write(os.path.join(directory, filename), data)
+            if plan['current'] in ('running', 'frozen') and self.client.state(name)['state'] == 'stopped':
+                for attempt in range(5):  # the failed start's monitor may still be leaving its cgroup
+                    time.sleep(0.5 * (attempt + 1))
+                    try:
+                        self._step_start(dict(plan, manifest=None, new_meta=plan['meta']))
+                        break
+                    except VzError:
+                        if attempt == 4:
+                            raise
+                if plan['current'] == 'frozen':
+                    self.client.freeze(name)
+                self._record_running(name, self.client.state(name)['pid'], config_digest(
+                    LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)))
+        except Exception as exc:  # pragma: no cover - best effort, reported
+            return '; putting %s back failed too: %s' % (plan['meta']['template'], exc)
+        return '; VE %s is back on %s as it was' % (name, plan['meta']['template'])
 
     def _step_start(self, plan):
         name = plan['name']
@@ -834,6 +916,11 @@ def _final_state(state, steps):
     for step in steps:
         state = after.get(step, state)
     return state
+
+
+def _read_bytes(path):
+    with open(path, 'rb') as handle:
+        return handle.read()
 
 
 def _tail(path, lines=5):

@@ -45,6 +45,10 @@ options:
       template:
         description: Like O(template).
         type: str
+      rebase:
+        description: Like O(rebase).
+        type: str
+        choices: [latest]
       hostname:
         description: Like O(hostname).
         type: str
@@ -123,9 +127,22 @@ options:
     description:
       - Template of a new VE, C(name) (the newest version) or C(name@version).
       - For an existing VE, C(name) keeps the version it has; C(name@version) moves it to that version
-        (the VE must be stopped, or be restarted, see O(restart)).
+        (a rebase, see O(rebase)); an older version is allowed (a rollback, reported as such).
+      - A VE never moves to another template name; that is refused.
       - Required to create a VE.
     type: str
+  rebase:
+    description:
+      - V(latest) moves an existing VE to the newest version of its template (a rebase). A new VE gets the
+        newest version anyway.
+      - A rebase switches the VE's lower layers and keeps its private area. A stopped VE uses the new version at
+        its next start; a running VE is restarted with O(restart=true), otherwise the result says
+        RV(restart_required).
+      - The result lists in RV(hidden_files) the files of the private area that hide a file the new version
+        changed, so the VE does not see that change.
+      - Cannot be combined with a O(template) that names a version.
+    type: str
+    choices: [latest]
   hostname:
     description: Host name inside the VE; defaults to the VE name.
     type: str
@@ -242,6 +259,23 @@ EXAMPLES = r'''
       memory: {ram: 512M, swap: 256M}
       numproc: 200
 
+- name: Move VEs to the newest version of their template, restarting those that run
+  osvirt.vz.ve:
+    rebase: latest
+    restart: true
+    ves: [{name: app1}, {name: app2}, {name: app3}]
+  register: rebase
+
+- name: Private files that hide an update of the template
+  ansible.builtin.debug:
+    var: rebase.hidden_files
+
+- name: Roll a VE back to an older version
+  osvirt.vz.ve:
+    name: web1
+    template: busybox@20261125-101500
+    state: stopped
+
 - name: Freeze a VE, then remove it
   osvirt.vz.ve:
     name: web1
@@ -291,6 +325,25 @@ restart_required:
   description: True when a running VE's new configuration waits for a restart.
   returned: always
   type: bool
+rebased:
+  description:
+    - VEs this task moved (or would move, in check mode) to another template version.
+    - C(rollback) is true when the new version is older than the old one.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: web1, from: busybox@20261125-101500, to: busybox@20261201-080000, rollback: false}]
+hidden_files:
+  description:
+    - Per rebased VE, the entries of its private area that hide a file the new template version changed
+      (added, removed or modified since the old version), so the VE will not see that change.
+    - Each entry has C(path) (inside the VE), C(upper) (what the private area holds there, V(file), V(whiteout)
+      for a file the VE deleted, V(directory) or V(opaque directory)) and C(change) (V(added), V(removed) or
+      V(modified) by the new version); an opaque directory also has C(changed_below).
+    - At most 1000 entries per VE; a warning gives the count of the rest.
+  returned: always
+  type: dict
+  sample: {web1: [{path: /etc/passwd, upper: file, change: modified}]}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -314,6 +367,7 @@ NETWORK_OPTIONS = {
 }
 VE_OPTIONS = {
     'template': {'type': 'str'},
+    'rebase': {'type': 'str', 'choices': ['latest']},
     'hostname': {'type': 'str'},
     'autostart': {'type': 'bool'},
     'mounts': {'type': 'list', 'elements': 'dict', 'options': MOUNT_OPTIONS},
@@ -365,6 +419,10 @@ def main():
             'ves': [r['ve'] for r in results],
             'actions': [a for r in results for a in r['actions']],
             'restart_required': any(r['restart_required'] for r in results),
+            'rebased': [dict(name=r['ve']['name'], **{k: r['rebase'][k] for k in ('from', 'to', 'rollback')})
+                        for r in results if r['rebase']],
+            'hidden_files': {r['ve']['name']: r['rebase']['hidden_files'] for r in results
+                             if r['rebase'] and r['rebase']['hidden_files'] is not None},
         }
         if not bulk:
             out['ve'] = results[0]['ve']

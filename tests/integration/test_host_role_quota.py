@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,9 +22,7 @@ import pytest
 FSTAB = Path("/etc/fstab")
 
 
-def sh(*argv, check=True):
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check,
-                          stdin=subprocess.DEVNULL, timeout=120)
+from vzlib import sh  # noqa: E402
 
 
 def role_play(vz_root, filesystem):

@@ -21,7 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_ve import Ctx, bridge, ctx  # noqa: E402,F401  pylint: disable=unused-import,wrong-import-position
-from vzlib import play as _play, sh  # noqa: E402  pylint: disable=wrong-import-position
+from vzlib import play as _play  # noqa: E402  pylint: disable=wrong-import-position
 
 M = 1 << 20
 CG = Path("/sys/fs/cgroup")

@@ -51,9 +51,7 @@ except VzError as exc:
 """
 
 
-def sh(*argv, check=True, timeout=120):
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+from vzlib import sh  # noqa: E402
 
 
 def quota(op, root, name, **args):
