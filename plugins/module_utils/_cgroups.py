@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 CGROUP_ROOT = '/sys/fs/cgroup'
 
@@ -83,6 +84,34 @@ class CgroupTree:
             dirs.append(os.path.join(mount, parent, ve))
             dirs.append(os.path.join(mount, parent + '.monitor', ve))
         return dirs
+
+    def busy(self, parent, ve):
+        """Cgroup directories of the VE or its monitor that still hold processes."""
+        found = []
+        for top in self.ve_dirs(parent, ve):
+            for current, _dirnames, filenames in os.walk(top):
+                if 'cgroup.procs' not in filenames:
+                    continue
+                try:
+                    with open(os.path.join(current, 'cgroup.procs')) as handle:
+                        if handle.read().strip():
+                            found.append(current)
+                except OSError:
+                    continue
+        return found
+
+    def settle(self, parent, ve, timeout=20.0):
+        """Wait until no process is left in the VE's or its monitor's cgroups; return those still busy.
+
+        After an aborted start, LXC's monitor goes on tearing down for a moment after lxc-start has
+        returned; a new start in that window fails with "Failed to create monitor cgroup".
+        """
+        deadline = time.monotonic() + timeout
+        busy = self.busy(parent, ve)
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.1)
+            busy = self.busy(parent, ve)
+        return busy
 
     def remove_stale(self, parent, ve):
         """Remove empty leftover cgroups of a stopped VE (LXC refuses to start into an existing one).

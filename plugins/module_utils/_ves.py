@@ -799,8 +799,10 @@ class VeManager:
         meta = plan['new_meta'] or plan['meta']
         if plan['manifest'] is not None:   # the shifted template copy may not exist yet on this host
             self.desired_config(meta, plan['manifest'], create=True)
+        parent = meta.get('cgroup_parent') or self.host.cgroup_parent
         try:
-            self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
+            self.cgroups.settle(parent, name)   # a monitor of an earlier, aborted start may still be leaving
+            self.cgroups.remove_stale(parent, name)
         except OSError as exc:
             raise VzError('VE %s is stopped but its cgroup still holds processes: %s' % (name, exc))
         log = os.path.join(self.host.ve_dir(name), 'lxc.log')
@@ -808,6 +810,8 @@ class VeManager:
             self.client.start(name, logfile=log)
         except VzError as exc:
             tail = _tail(log)
+            # let the aborted start's monitor finish, so that the caller (or a retry) can start again
+            self.cgroups.settle(parent, name)
             raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
         if ((meta.get('limits') or {}).get('net')):
             self._shape(meta)

@@ -28,7 +28,7 @@ import pytest
 
 # The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
 from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, ctx  # noqa: F401 pylint: disable=unused-import
-from vzlib import sh
+from vzlib import settle_cgroups, sh
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPING_PY = REPO / "plugins" / "module_utils" / "_shaping.py"
@@ -308,6 +308,7 @@ def test_a_rate_that_cannot_be_shaped_keeps_the_ve_from_starting(ctx, shaped_ve)
     assert "osvirt-vz-net-hook start-host %s: %s: net.rate 1000 bit/s is out of range" % (name, link) in log, log
     meta["limits"]["net"] = {"rate": 8 * MBIT}
     meta_path.write_text(json.dumps(meta))
+    settle_cgroups(ctx.parent, name)                     # the aborted start's monitor may still be leaving
     assert lxc_start(ctx, name).returncode == 0          # with a valid rate it starts shaped
     assert shaping("read_shaping", link) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
 

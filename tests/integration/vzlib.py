@@ -104,3 +104,30 @@ class VeStore:
         """lxc-info's state word of VE ``name`` (RUNNING, STOPPED, FROZEN), or ABSENT."""
         proc = sh("lxc-info", "-P", str(self.ves), "-n", name, "-sH", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else "ABSENT"
+
+
+def settle_cgroups(parent, name, timeout=20):
+    """Wait until an aborted start's LXC monitor has left the VE's cgroups, then remove them (empty).
+
+    lxc-start returns as soon as a start aborts, while the monitor still tears down; starting the VE
+    again in that window fails with "Failed to create monitor cgroup". The VE manager waits the same
+    way; tests that call lxc-start themselves use this.
+    """
+    tops = [mount / top / name for mount in Path("/sys/fs/cgroup").iterdir()
+            for top in (parent, parent + ".monitor")]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = False
+        for top in tops:
+            for current, _dirs, files in os.walk(top):
+                if "cgroup.procs" in files and (Path(current) / "cgroup.procs").read_text().strip():
+                    busy = True
+        if not busy:
+            break
+        time.sleep(0.1)
+    for top in tops:
+        for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(current)
+            except OSError:
+                pass

@@ -59,3 +59,18 @@ def test_remove_stale_removes_empty_dirs_only(tmp_path):
     removed = tree.remove_stale('vz', 'web1')
     assert len(removed) == 3
     assert not (root / 'vz' / 'web1').exists() and (root / 'vz').exists()
+
+
+def test_settle_waits_for_processes_to_leave(tmp_path):
+    root = tmp_path / 'cg'
+    (root / 'vz.monitor' / 'web1').mkdir(parents=True)
+    (root / 'vz' / 'web1').mkdir(parents=True)
+    (root / 'cgroup.controllers').write_text('memory\n')
+    procs = root / 'vz.monitor' / 'web1' / 'cgroup.procs'
+    procs.write_text('4242\n')
+    (root / 'vz' / 'web1' / 'cgroup.procs').write_text('')
+    tree = _tree(tmp_path, '40 1 0:30 / %s rw - cgroup2 cgroup2 rw\n' % root)
+    assert tree.busy('vz', 'web1') == [str(root / 'vz.monitor' / 'web1')]
+    assert tree.settle('vz', 'web1', timeout=0.3) == [str(root / 'vz.monitor' / 'web1')]
+    procs.write_text('')
+    assert tree.settle('vz', 'web1', timeout=0.3) == []
