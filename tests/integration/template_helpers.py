@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / ".build" / "collections"))
 
@@ -138,3 +140,13 @@ def make_store(vz_root, run_playbook):
 def release_store(store):
     kill_all(store.ves)
     remove_cgroups(store.parent)
+
+
+@pytest.fixture
+def store(vz_root, run_playbook):
+    """A throw-away template store for one test (import it into the test module to use it)."""
+    s = make_store(vz_root, run_playbook)
+    try:
+        yield s
+    finally:
+        release_store(s)

@@ -51,7 +51,7 @@ except VzError as exc:
 """
 
 
-from vzlib import sh  # noqa: E402
+from vzlib import remove_cgroups, sh  # noqa: E402
 
 
 def quota(op, root, name, **args):
@@ -111,17 +111,6 @@ def quota_root(request, btrfs_tools):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _remove_cgroups(parent):
-    for mount in Path("/sys/fs/cgroup").iterdir():
-        for top in (mount / parent, mount / (parent + ".monitor")):
-            if top.is_dir():
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
-
-
 @pytest.fixture
 def store(quota_root, run_playbook):
     """quota_root with the busybox template and a cgroup parent of its own."""
@@ -134,7 +123,7 @@ def store(quota_root, run_playbook):
         if (quota_root / "ves").is_dir():
             for name in sh("lxc-ls", "-1", "-P", quota_root / "ves", "--active", check=False).stdout.split():
                 sh("lxc-stop", "-k", "-P", quota_root / "ves", "-n", name, check=False)
-        _remove_cgroups(parent)
+        remove_cgroups(parent)
 
 
 def ve_task(root, parent, name, state):

@@ -12,18 +12,9 @@ VE list with the ``batch`` filter) runs once more and changes nothing.
 
 from __future__ import annotations
 
-import pytest
 
-from template_helpers import make_store, play, release_store
-
-
-@pytest.fixture
-def store(vz_root, run_playbook):
-    s = make_store(vz_root, run_playbook)
-    try:
-        yield s
-    finally:
-        release_store(s)
+from template_helpers import play
+from template_helpers import store  # noqa: F401  pylint: disable=unused-import
 
 
 def _outdated(store):

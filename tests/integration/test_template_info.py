@@ -8,18 +8,9 @@ name filter, usage off, check mode, an empty store and a bad name.
 
 from __future__ import annotations
 
-import pytest
 
-from template_helpers import make_store, play, publish_variant, release_store
-
-
-@pytest.fixture
-def store(vz_root, run_playbook):
-    s = make_store(vz_root, run_playbook)
-    try:
-        yield s
-    finally:
-        release_store(s)
+from template_helpers import play, publish_variant
+from template_helpers import store  # noqa: F401  pylint: disable=unused-import
 
 
 def _info(store, check=False, **options):

@@ -15,16 +15,8 @@ import time
 
 import pytest
 
-from template_helpers import make_store, play, publish_variant, release_store, tree_checksum
-
-
-@pytest.fixture
-def store(vz_root, run_playbook):
-    s = make_store(vz_root, run_playbook)
-    try:
-        yield s
-    finally:
-        release_store(s)
+from template_helpers import play, publish_variant, tree_checksum
+from template_helpers import store  # noqa: F401  pylint: disable=unused-import
 
 
 def _child(store, parent_ref, name="app"):
