@@ -26,7 +26,7 @@ import pytest
 
 import vefleet
 from vefleet import PYTHON_MOUNTS, drive
-from vzlib import play, sh
+from vzlib import play, remove_cgroups, sh
 
 TARGETS = ("ve-local", "ve-lab1", "ve-lab2")
 AWKWARD = ["with space", "it's", 'dq"x', "-leading-dash", "ünï-漢字", "$(touch pwned)", "semi;colon", "back\\slash"]
@@ -106,13 +106,7 @@ def fleet(harness, lab, localhost, tmp_path_factory):
             sh("lxc-stop", "-k", "-P", root / "ves", "-n", name, check=False)
         h._release_vz_root(root)
         shutil.rmtree(root, ignore_errors=True)
-        for mount in Path("/sys/fs/cgroup").iterdir():
-            for top in (mount / parent, mount / (parent + ".monitor")):
-                for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
-                    try:
-                        os.rmdir(current)
-                    except OSError:
-                        pass
+        remove_cgroups(parent)
 
 
 def _by_host(run, name):
