@@ -7,8 +7,11 @@ PRIVATE: this file is internal to the osvirt.vz collection and may change at any
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -33,6 +36,68 @@ def atomic_write(path, data, mode=0o644):
         except OSError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def _file_ids(uid, gid):
+    """Create files as ``uid``/``gid`` in this thread (setfsuid/setfsgid; 0 changes nothing).
+
+    Host root is not mapped inside an unprivileged VE's user namespace, so the VE's overlay refuses
+    to create a file for it (EOVERFLOW); the VE's mapped root may. Only file-system ids change, and
+    only for the calling thread.
+    """
+    if not uid and not gid:
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    old_gid = libc.setfsgid(gid)
+    old_uid = libc.setfsuid(uid)
+    try:
+        yield
+    finally:
+        libc.setfsuid(old_uid)
+        libc.setfsgid(old_gid)
+
+
+def write_inside(root, subdir, filename, data, uid=0, gid=0, mode=0o644):
+    """Atomically write ``root/subdir/filename`` in a tree that someone else controls (a VE's root).
+
+    ``root`` itself is trusted (a private area, or ``/proc/<pid>/root`` of a running VE); nothing
+    below it is: ``subdir`` is opened without following symbolic links, the new content goes to a
+    fresh temporary file (O_EXCL) that is renamed over ``filename`` (a link there is replaced, never
+    followed). Files and a missing ``subdir`` are created as ``uid``/``gid`` (the VE's root).
+    """
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = None
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with _file_ids(uid, gid):
+            try:
+                dir_fd = os.open(subdir, flags, dir_fd=root_fd)
+            except FileNotFoundError:
+                os.mkdir(subdir, 0o755, dir_fd=root_fd)
+                dir_fd = os.open(subdir, flags, dir_fd=root_fd)
+            tmp = '.%s.osvirt-%s' % (filename, secrets.token_hex(4))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=dir_fd)
+            try:
+                try:
+                    os.write(fd, data)
+                    os.fchmod(fd, mode)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, filename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+                raise
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+        os.close(root_fd)
 
 
 def write_json(path, value, mode=0o644):

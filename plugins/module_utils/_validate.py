@@ -22,6 +22,7 @@ TEMPLATE_VERSION_RE = re.compile(r'\d{8}-\d{6}')
 IFNAME_RE = re.compile(r'[A-Za-z0-9_.-]{1,15}')
 CGROUP_PARENT_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(?:/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}){0,7}')
 HWADDR_RE = re.compile(r'[0-9a-f]{2}(?::[0-9a-f]{2}){5}')
+DOMAIN_LABEL_RE = re.compile(r'[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?')
 # Characters that the LXC config format or the overlay option string cannot carry.
 _PATH_FORBIDDEN = re.compile(r'[\s:,\\]|[\x00-\x1f\x7f]')
 
@@ -137,6 +138,33 @@ def ipv4_interface(value, what):
     if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
         raise VzError('%s %s is the network or broadcast address of %s' % (what, value, net))
     return iface
+
+
+def ipv6_interface(value, what):
+    """Parse an IPv6 address with prefix length (fd00:20::5/64)."""
+    if not isinstance(value, str) or '/' not in value:
+        raise VzError('%s %s must be an IPv6 address with a prefix length, like fd00:20::5/64' % (what, _show(value)))
+    try:
+        return ipaddress.IPv6Interface(value)
+    except ValueError as exc:
+        raise VzError('%s %s is not a valid IPv6 address: %s' % (what, _show(value), exc))
+
+
+def ip_address(value, what):
+    """Parse a plain IPv4 or IPv6 address."""
+    try:
+        return ipaddress.ip_address(value)
+    except (ValueError, TypeError) as exc:
+        raise VzError('%s %s is not a valid IP address: %s' % (what, _show(value), exc))
+
+
+def domain_name(value, what):
+    """Return a DNS domain name (letters, digits, dashes in dot-separated labels of 1-63)."""
+    name = value[:-1] if isinstance(value, str) and value.endswith('.') else value
+    if not isinstance(name, str) or not 0 < len(name) <= 253 or \
+            not all(DOMAIN_LABEL_RE.fullmatch(label) for label in name.split('.')):
+        raise VzError('invalid %s %s: use a domain name like example.com' % (what, _show(value)))
+    return name.lower()
 
 
 def ipv4_address(value, what):

@@ -23,6 +23,7 @@ per-VE lock and rolls a new VE back if its first start fails.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tempfile
 import time
@@ -32,7 +33,7 @@ from . import _limits, _quota, _validate
 from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_json
+from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
 from ._templates import TemplateStore
@@ -51,6 +52,8 @@ OWNED_PREFIXES = (
 # The host role's LXC hook that shapes a VE's network rate at every start (lxc-autostart too).
 NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
 _LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
+# lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
+_LIVE_NET_KEYS = ('ipv4.address', 'ipv4.gateway', 'ipv6.address', 'ipv6.gateway')
 
 # Security defaults of every VE (DESIGN.md section 7). Device rules follow LXC's common.conf.
 DROPPED_CAPABILITIES = 'mac_admin mac_override sys_module sys_rawio sys_time'
@@ -75,6 +78,27 @@ def _shaping():
     which costs about 0.2 s per module run."""
     from . import _shaping as shaping  # pylint: disable=import-outside-toplevel
     return shaping
+
+
+def _leases_module():
+    """The address leases (_addrpool), imported when a VE has addresses."""
+    from . import _addrpool  # pylint: disable=import-outside-toplevel
+    return _addrpool
+
+
+def _antispoof():
+    """The anti-spoofing filters (_antispoof), or None where that part is not installed."""
+    try:
+        from . import _antispoof as antispoof  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    return antispoof
+
+
+def _vnet():
+    """Netlink inside a running VE and host routes (_vnet, loads pyroute2)."""
+    from . import _vnet as vnet  # pylint: disable=import-outside-toplevel
+    return vnet
 
 
 def is_owned(key):
@@ -145,9 +169,109 @@ def host_link_name(ve, index, parent='vz'):
     return 'vz%s%d' % (hashlib.sha1(('%s/%s' % (parent, ve)).encode()).hexdigest()[:8], index)
 
 
-def normalize_network(ve, network, host, parent=None):
-    """Validate the interfaces of a VE and fill in their defaults."""
-    result, names = [], set()
+# Routed mode (LXC's veth router mode): the VE's default routes go to these addresses, which the
+# host side of its veth answers by proxy ARP / proxy NDP; they never exist on any network.
+ROUTED_GATEWAY4 = '169.254.0.1'
+ROUTED_GATEWAY6 = 'fe80::1'
+NETWORK_MODES = ('bridged', 'routed')
+# (address key, gateway key, auto flag, IP version)
+_FAMILIES = (('ipv4', 'gateway4', 'auto4', 4), ('ipv6', 'gateway6', 'auto6', 6))
+# glibc's resolver reads no more than three nameserver lines (MAXNS)
+MAX_NAMESERVERS = 3
+
+
+def bridge_settings(host, bridge):
+    """Addresses and pools of a bridge as osvirt.vz.bridge recorded them ({} when unknown)."""
+    getter = getattr(host, 'bridge_settings', None)
+    if getter is not None:
+        return getter(bridge) or {}
+    settings = read_json(os.path.join(host.vz_root, 'net', 'bridges', '%s.json' % bridge), {})
+    return settings if isinstance(settings, dict) else {}
+
+
+def _address_list(what, key, value):
+    """The items of an ipv4/ipv6 option and whether `auto` is one of them."""
+    if value is None:
+        return [], False
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise VzError('%s: %s must be a list of addresses or the word auto' % (what, key))
+    autos = [i for i in items if isinstance(i, str) and i.strip() == 'auto']
+    if len(autos) > 1:
+        raise VzError('%s: %s lists auto more than once (one auto gives one address of the pool)' % (what, key))
+    return [i for i in items if not (isinstance(i, str) and i.strip() == 'auto')], bool(autos)
+
+
+def _static_address(what, key, version, value, mode):
+    """One static address of an interface as an ip_interface (routed: a single address)."""
+    label = '%s %s address' % (what, key)
+    if mode == 'routed' and isinstance(value, str) and '/' not in value:
+        value = '%s/%d' % (value.strip(), 32 if version == 4 else 128)
+    if version == 4:
+        iface = _validate.ipv4_interface(value.strip() if isinstance(value, str) else value, label)
+    else:
+        iface = _validate.ipv6_interface(value.strip() if isinstance(value, str) else value, label)
+    ip = iface.ip
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local or \
+            (version == 4 and ip == ipaddress.IPv4Address('255.255.255.255')):
+        raise VzError('%s %s cannot be given to a VE (loopback, link-local, multicast or unspecified)'
+                      % (label, value))
+    if mode == 'routed' and iface.network.prefixlen != ip.max_prefixlen:
+        raise VzError('%s %s: routed mode takes single addresses (/%d), the host routes each one to the VE'
+                      % (label, value, ip.max_prefixlen))
+    return iface
+
+
+def _pool_of(what, key, mode, bridge, settings, host):
+    """The pool an `auto` address of ``key`` comes from, as an ip_network; an error when there is none."""
+    version = 4 if key == 'ipv4' else 6
+    if mode == 'routed':
+        pool = getattr(host, 'routed_pool%d' % version, None)
+        if not pool:
+            raise VzError('%s: %s: auto needs the host\'s routed pool, but the host has none (set routed_pool%d '
+                          'in <vz_root>/host.json, host role variable host_routed_pool%d)'
+                          % (what, key, version, version))
+        where = 'routed_pool%d of the host' % version
+    else:
+        pool = settings.get('pool%d' % version)
+        if not pool:
+            raise VzError('%s: %s: auto needs an address pool, but bridge %s has none (set pool%d with '
+                          'osvirt.vz.bridge)' % (what, key, bridge, version))
+        where = 'pool%d of bridge %s' % (version, bridge)
+    try:
+        network = ipaddress.ip_network(pool, strict=False)
+    except ValueError as exc:
+        raise VzError('%s: %s %r is not a network: %s' % (what, where, pool, exc))
+    if network.version != version:
+        raise VzError('%s: %s %s is not an IPv%d network' % (what, where, pool, version))
+    return network
+
+
+def _bridge_addresses(settings, key):
+    """The bridge's own addresses of one family (ip_interface list) from its settings."""
+    found = []
+    for value in settings.get(key) or []:
+        try:
+            found.append(ipaddress.ip_interface(value))
+        except ValueError:
+            continue
+    return found
+
+
+def normalize_network(ve, network, host, parent=None, current=None):
+    """Validate the interfaces of a VE and fill in their defaults.
+
+    Returns the interfaces as ve.json keeps them. ``current`` is the VE's interfaces now: an
+    address it got from a pool (``auto``) is kept while the task still asks for ``auto`` on the same
+    network. An ``auto`` address the VE does not have yet is left out of ``ipv4``/``ipv6`` and
+    described in the interface's ``pending`` list (``key``, ``pool``, ``prefixlen``, ``exclude``) for
+    the caller, which takes it from the pool (``VeManager._plan_addresses``) and drops the key.
+    Raises VzError naming the VE, the interface and the problem.
+    """
+    if network is not None and not isinstance(network, list):
+        raise VzError('VE %s: network must be a list of interfaces' % ve)
+    before = {i.get('name'): i for i in current or [] if isinstance(i, dict)}
+    result, names, seen, resolver = [], set(), {}, {'nameservers': [], 'searchdomains': []}
     for index, iface in enumerate(network or []):
         if not isinstance(iface, dict):
             raise VzError('VE %s: each network interface must be a dict' % ve)
@@ -155,33 +279,126 @@ def normalize_network(ve, network, host, parent=None):
         if name in names:
             raise VzError('VE %s: interface name %s is used twice' % (ve, name))
         names.add(name)
+        what = 'VE %s interface %s' % (ve, name)
         mode = iface.get('mode') or 'bridged'
-        if mode != 'bridged':
-            raise VzError('VE %s interface %s: mode %r is not supported (supported: bridged)' % (ve, name, mode))
-        bridge = _validate.ifname(iface.get('bridge') or host.bridge, 'bridge name')
-        addresses = [_validate.ipv4_interface(a, 'VE %s interface %s address' % (ve, name))
-                     for a in (iface.get('ipv4') or [])]
-        gateway = iface.get('gateway4')
-        if gateway:
-            gw = _validate.ipv4_address(gateway, 'VE %s interface %s gateway4' % (ve, name))
-            if not any(gw in a.network for a in addresses):
-                raise VzError('VE %s interface %s: gateway4 %s is not in the subnet of any of its addresses'
-                              % (ve, name, gateway))
-            gateway = str(gw)
+        if mode not in NETWORK_MODES:
+            raise VzError('%s: mode %r is not supported (use bridged or routed)' % (what, mode))
+        if mode == 'bridged':
+            bridge = _validate.ifname(iface.get('bridge') or host.bridge, 'bridge name')
+            if not host.bridge_exists(bridge):
+                raise VzError('%s: bridge %s does not exist on this host (create it with osvirt.vz.bridge or the '
+                              'osvirt.vz.host role)' % (what, bridge))
+            settings = bridge_settings(host, bridge)
+        else:
+            if iface.get('bridge'):
+                raise VzError('%s: bridge is only for mode bridged; a routed interface is plugged into no bridge'
+                              % what)
+            bridge, settings = None, {}
+        old = before.get(name)
+        if old is not None and ((old.get('mode') or 'bridged'), old.get('bridge')) != (mode, bridge):
+            old = None   # an address from another network's pool does not carry over
+        entry = {'name': name, 'mode': mode, 'bridge': bridge}
+        pending = []
+        for key, gwkey, autokey, version in _FAMILIES:
+            items, auto = _address_list(what, key, iface.get(key))
+            addresses = [_static_address(what, key, version, a, mode) for a in items]
+            subnets = [a.network for a in addresses]
+            gateway_default = None
+            own = _bridge_addresses(settings, key)
+            if auto:
+                pool = _pool_of(what, key, mode, bridge, settings, host)
+                home = next((a for a in own if pool.subnet_of(a.network)), None)
+                prefixlen = pool.max_prefixlen if mode == 'routed' else \
+                    (home.network.prefixlen if home else pool.prefixlen)
+                subnets.append(ipaddress.ip_network((pool.network_address, prefixlen), strict=False))
+                gateway_default = str(home.ip) if home and mode == 'bridged' else None
+                kept = [a for a in (old or {}).get(key) or [] if (old or {}).get(autokey)
+                        and ipaddress.ip_interface(a).ip in pool
+                        and ipaddress.ip_interface(a).ip not in [s.ip for s in addresses]]
+                if kept:
+                    addresses.append(ipaddress.ip_interface(kept[0]))
+                else:
+                    pending.append({'key': key, 'pool': str(pool), 'prefixlen': prefixlen,
+                                    'exclude': sorted({str(a.ip) for a in own})})
+            for address in addresses:
+                if address.ip in seen:
+                    raise VzError('VE %s: address %s is listed twice (interfaces %s and %s)'
+                                  % (ve, address.ip, seen[address.ip], name))
+                seen[address.ip] = name
+                if any(address.ip == a.ip for a in own):
+                    raise VzError('%s: address %s is the own address of bridge %s' % (what, address.ip, bridge))
+            gateway = iface.get(gwkey)
+            if mode == 'routed':
+                fixed = ROUTED_GATEWAY4 if version == 4 else ROUTED_GATEWAY6
+                if gateway and _validate.ip_address(gateway, '%s %s' % (what, gwkey)) != ipaddress.ip_address(fixed):
+                    raise VzError('%s: %s cannot be set in routed mode: the VE\'s default route always goes via %s, '
+                                  'which the host side of its link answers' % (what, gwkey, fixed))
+                gateway = fixed if subnets else None
+            elif gateway:
+                parsed = _validate.ip_address(gateway, '%s %s' % (what, gwkey))
+                if parsed.version != version:
+                    raise VzError('%s: %s %s is not an IPv%d address' % (what, gwkey, gateway, version))
+                if not subnets:
+                    raise VzError('%s: %s %s needs an %s address on the interface' % (what, gwkey, gateway, key))
+                if not any(parsed in net for net in subnets):
+                    raise VzError('%s: %s %s is not in the subnet of any of its addresses' % (what, gwkey, gateway))
+                gateway = str(parsed)
+            else:
+                gateway = gateway_default
+            entry[key] = [a.with_prefixlen for a in addresses]
+            entry[autokey] = bool(auto or (iface.get(autokey) and addresses))
+            entry[gwkey] = gateway
         mtu = iface.get('mtu')
-        if mtu is not None and not (576 <= int(mtu) <= 65535):
-            raise VzError('VE %s interface %s: mtu %s is out of range 576-65535' % (ve, name, mtu))
-        result.append({
-            'name': name,
-            'mode': mode,
-            'bridge': bridge,
-            'ipv4': [str(a) for a in addresses],
-            'gateway4': gateway or None,
+        if mtu is not None:
+            from ._net import validate_mtu  # pylint: disable=import-outside-toplevel
+            try:
+                mtu = validate_mtu(int(mtu) if isinstance(mtu, str) and mtu.isdigit() else mtu)
+            except VzError as exc:
+                raise VzError('%s: %s' % (what, exc))
+        nameservers = [str(_validate.ip_address(n, '%s nameserver' % what)) for n in iface.get('nameservers') or []]
+        searchdomains = [_validate.domain_name(d, '%s search domain' % what) for d in iface.get('searchdomains') or []]
+        for key, values in (('nameservers', nameservers), ('searchdomains', searchdomains)):
+            resolver[key] += [v for v in values if v not in resolver[key]]
+        entry.update({
+            'mtu': mtu,
             'hwaddr': _validate.hwaddr(iface['hwaddr']) if iface.get('hwaddr') else derived_hwaddr(ve, name),
-            'mtu': int(mtu) if mtu is not None else None,
             'host_link': host_link_name(ve, index, parent or host.cgroup_parent),
+            'nameservers': nameservers,
+            'searchdomains': searchdomains,
         })
+        if pending:
+            entry['pending'] = pending
+        result.append(entry)
+    if len(resolver['nameservers']) > MAX_NAMESERVERS:
+        raise VzError('VE %s: %d nameservers given; the resolver reads at most %d'
+                      % (ve, len(resolver['nameservers']), MAX_NAMESERVERS))
     return result
+
+
+def resolver_of(network):
+    """(nameservers, searchdomains) of a VE, in interface order, each once."""
+    nameservers, searchdomains = [], []
+    for iface in network or []:
+        nameservers += [n for n in iface.get('nameservers') or [] if n not in nameservers]
+        searchdomains += [d for d in iface.get('searchdomains') or [] if d not in searchdomains]
+    return nameservers, searchdomains
+
+
+def resolv_conf(network):
+    """The /etc/resolv.conf that a VE with these interfaces gets (None: the VE keeps its own)."""
+    nameservers, searchdomains = resolver_of(network)
+    if not nameservers and not searchdomains:
+        return None
+    lines = ['# Written by osvirt.vz from the nameservers and searchdomains of the VE\'s network.']
+    lines += ['nameserver %s' % n for n in nameservers]
+    if searchdomains:
+        lines.append('search %s' % ' '.join(searchdomains))
+    return '\n'.join(lines) + '\n'
+
+
+def addresses_of(iface):
+    """Every address of an interface without prefix length, IPv4 first."""
+    return [str(ipaddress.ip_interface(a).ip) for key in ('ipv4', 'ipv6') for a in iface.get(key) or []]
 
 
 def normalize_mounts(ve, mounts, host):
@@ -244,14 +461,21 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
         items.append(('lxc.net.0.type', 'empty'))
     for index, iface in enumerate(network):
         prefix = 'lxc.net.%d.' % index
-        items += [(prefix + 'type', 'veth'), (prefix + 'link', iface['bridge']),
-                  (prefix + 'veth.pair', iface['host_link']), (prefix + 'name', iface['name']),
+        items.append((prefix + 'type', 'veth'))
+        if iface.get('mode') == 'routed':
+            # LXC's router mode: host routes to each address and proxy ARP/NDP for the gateways on
+            # the host side, forwarding on that link only; the VE is on no bridge (no L2 neighbours)
+            items.append((prefix + 'veth.mode', 'router'))
+        else:
+            items.append((prefix + 'link', iface['bridge']))
+        items += [(prefix + 'veth.pair', iface['host_link']), (prefix + 'name', iface['name']),
                   (prefix + 'hwaddr', iface['hwaddr']), (prefix + 'flags', 'up')]
         if iface.get('mtu'):
             items.append((prefix + 'mtu', str(iface['mtu'])))
-        items += [(prefix + 'ipv4.address', a) for a in iface.get('ipv4') or []]
-        if iface.get('gateway4'):
-            items.append((prefix + 'ipv4.gateway', iface['gateway4']))
+        for key, gwkey, _auto, _version in _FAMILIES:
+            items += [(prefix + key + '.address', a) for a in iface.get(key) or []]
+            if iface.get(gwkey):
+                items.append((prefix + key + '.gateway', iface[gwkey]))
     for mount in meta.get('mounts') or []:
         options = 'bind,create=%s%s' % ('dir' if os.path.isdir(mount['source']) else 'file',
                                         ',ro' if mount['readonly'] else '')
@@ -262,9 +486,8 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
 
 def public_view(meta, state, pid=None):
     """The VE as modules return it."""
-    ips = []
-    for iface in meta.get('network') or []:
-        ips += [a.split('/')[0] for a in iface.get('ipv4') or []]
+    network = meta.get('network') or []
+    ips = [a.split('/')[0] for key in ('ipv4', 'ipv6') for iface in network for a in iface.get(key) or []]
     return {
         'name': meta['name'],
         'state': state,
@@ -280,12 +503,25 @@ def public_view(meta, state, pid=None):
     }
 
 
+def is_live_key(key):
+    """True for config keys whose change a running VE gets without a restart: limits, the hooks,
+    and the addresses and gateways of its interfaces (changed inside its network namespace)."""
+    if _limits.is_limit_key(key) or key in _LIVE_KEYS:
+        return True
+    return key.startswith('lxc.net.') and key.split('.', 3)[-1] in _LIVE_NET_KEYS
+
+
 def config_digest(items):
     """A short digest of owned config entries, order-insensitive.
 
-    Limit keys are left out: limits are applied to a running VE live, so they never make it stale.
+    Live keys (``is_live_key``) are left out: they are applied to a running VE live, so they never
+    make it stale.
     """
-    kept = sorted(i for i in items if not _limits.is_limit_key(i[0]) and i[0] not in _LIVE_KEYS)
+    # LXC answers a routed VE's gateway (proxy ARP/NDP) only from the start on: not live there
+    routed = {'lxc.net.%s.' % k.split('.')[2] for k, v in items
+              if k.startswith('lxc.net.') and k.endswith('.veth.mode') and v == 'router'}
+    kept = sorted(i for i in items if not is_live_key(i[0]) or
+                  i[0].endswith('.gateway') and i[0][:i[0].index('.', 8) + 1] in routed)
     return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
 
 
@@ -308,6 +544,8 @@ class VeManager:
         self._facts = None
         self._device = None
         self._pending_limits = {}
+        self._task_addresses = {}   # address -> VE, over the plans of one ensure()
+        self._lease_book = None
         self.client = client
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
@@ -372,7 +610,8 @@ class VeManager:
             elif key not in new:
                 new[key] = default
         new['network'] = normalize_network(name, new['network'], self.host,
-                                           current.get('cgroup_parent') if meta else self.host.cgroup_parent)
+                                           current.get('cgroup_parent') if meta else self.host.cgroup_parent,
+                                           current.get('network') if meta else None)
         new['mounts'] = normalize_mounts(name, new['mounts'], self.host)
         if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
                 all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
@@ -389,10 +628,6 @@ class VeManager:
             new['idmap'] = None if new['privileged'] else dict(self.host.idmap()._asdict())
             new['apparmor'] = self.host.apparmor_enabled()
             new['created'] = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
-        for iface in new['network']:
-            if not self.host.bridge_exists(iface['bridge']):
-                raise VzError('VE %s interface %s: bridge %s does not exist on this host (the osvirt.vz.host '
-                              'role creates %s)' % (name, iface['name'], iface['bridge'], self.host.bridge))
         return new, manifest
 
     def _wanted_template(self, name, spec, current):
@@ -430,8 +665,8 @@ class VeManager:
                           % (meta['name'], meta['idmap']['uid'], meta['idmap']['gid'], idmap.uid, idmap.gid))
         lowers = self.templates.lower_dirs(manifest, idmap, create=create)
         limit_items = _limits.config_items(self.limit_settings(meta))
-        if (meta.get('limits') or {}).get('net') and os.path.exists(NET_HOOK):
-            # shaping lives as long as the VE's link: the hook re-applies it at every start
+        if meta.get('network') and os.path.exists(NET_HOOK):
+            # shaping and anti-spoofing live as long as the VE's link: the hook sets them at every start
             limit_items += [('lxc.hook.start-host', NET_HOOK), ('lxc.hook.post-stop', NET_HOOK)]
         return render_config(self.host, meta, lowers, manifest.get('init') or {}, limit_items)
 
@@ -524,6 +759,7 @@ class VeManager:
             raise VzError('VE %s is listed more than once in one task' % ', '.join(duplicates))
         if not self.check_mode:
             self.host.ensure_layout()
+        self._task_addresses = {}
         if any(s.get('state') != 'absent' and not s.get('privileged') for s in specs):
             self.host.check_reachable()
         locks = []
@@ -576,6 +812,7 @@ class VeManager:
             plan['steps'], plan['restart_required'] = plan_transitions(current, 'absent')
             return plan
         new_meta, manifest = self.desired_meta(spec, meta)
+        plan['claims'], plan['release'] = self._plan_addresses(name, meta, new_meta)
         if meta is not None and meta.get('template') != new_meta['template']:
             plan['rebase'] = self._rebase_info(meta, manifest)
         config = self.desired_config(new_meta, manifest, create=False)
@@ -588,9 +825,21 @@ class VeManager:
             if current in ('running', 'frozen'):
                 stale = self.running_digest(name, plan['pid'], on_disk) != config_digest(config)
         plan.update(new_meta=new_meta, manifest=manifest, config=config)
+        live_net = []
+        if current in ('running', 'frozen'):
+            live_net = self._plan_live_network(meta, new_meta)
         steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart, stale)
         if meta_changed and 'configure' not in steps:
             steps.insert(0, 'configure')   # metadata only (e.g. owner): nothing to restart for
+        self._check_forwarding(name, new_meta, steps)
+        plan['live_net'] = live_net if 'stop' not in steps else []
+        if plan['live_net']:
+            # live first, then persist: a refused change leaves config and ve.json as they were
+            steps.insert(steps.index('configure') if 'configure' in steps else 0, 'network')
+        if meta is not None and resolv_conf(new_meta['network']) not in (None, resolv_conf(meta.get('network'))):
+            steps.append('resolver')
+        if plan['claims']:
+            steps.insert(0, 'addresses')
         if (meta or {}).get('limits') != new_meta.get('limits') or spec.get('limits') is not None and \
                 current in ('running', 'frozen'):
             self._plan_limits(plan, spec.get('force'))
@@ -600,6 +849,79 @@ class VeManager:
                 steps.insert(steps.index('create') + 1 if 'create' in steps else 0, 'limits')
         plan['steps'] = steps
         return plan
+
+    # -- network --------------------------------------------------------------------------
+    def _leases(self):
+        if self._lease_book is None:
+            self._lease_book = _leases_module().Leases(self.host)
+        return self._lease_book
+
+    def _plan_addresses(self, name, meta, new_meta):
+        """Check each address of a VE against the host's leases and pick its `auto` addresses.
+
+        Nothing is written: an `auto` address is the pool's lowest free one now (``Leases.predict``),
+        leased by the 'addresses' step. An address leased to another VE, or asked for by another VE
+        of this task, is an error naming that VE. Returns ``(claims, releases)``: the addresses to
+        lease, and those the VE gives up (released once its new config is written).
+        """
+        network = new_meta.get('network') or []
+        old = [a for iface in (meta or {}).get('network') or [] for a in addresses_of(iface)]
+        if not network and not old:
+            return [], []
+        leases = self._leases()
+        claims = []
+        for iface in network:
+            for address in addresses_of(iface):
+                other = self._task_addresses.get(address)
+                if other and other != name:
+                    raise VzError('VE %s interface %s: address %s is also asked for by VE %s in this task'
+                                  % (name, iface['name'], address, other))
+                owner = leases.owner(address)
+                if owner and owner.get('ve') != name:
+                    raise VzError('VE %s interface %s: address %s is already used by VE %s (interface %s)'
+                                  % (name, iface['name'], address, owner.get('ve'), owner.get('interface')))
+                if owner is None:
+                    claims.append({'interface': iface['name'], 'address': address, 'pool': None})
+                self._task_addresses[address] = name
+            for want in iface.pop('pending', []):
+                address = leases.predict(want['pool'], exclude=sorted(set(want['exclude']) |
+                                                                      set(self._task_addresses)))
+                iface[want['key']].append('%s/%d' % (address, want['prefixlen']))
+                claims.append(dict(want, interface=iface['name'], address=address))
+                self._task_addresses[address] = name
+        new = {a for iface in network for a in addresses_of(iface)}
+        return claims, [a for a in old if a not in new]
+
+    @staticmethod
+    def _plan_live_network(meta, new_meta):
+        """Address and gateway changes of a running VE's interfaces (same name and mode before and after)."""
+        before = {i['name']: i for i in meta.get('network') or []}
+        changes = []
+        for iface in new_meta.get('network') or []:
+            old = before.get(iface['name'])
+            if old is None or (old.get('mode') or 'bridged') != iface['mode']:
+                continue   # a new interface, or one that changes mode, waits for a restart
+            add = [a for key in ('ipv4', 'ipv6') for a in iface[key] if a not in (old.get(key) or [])]
+            remove = [a for key in ('ipv4', 'ipv6') for a in old.get(key) or [] if a not in iface[key]]
+            gateways = {gwkey: (old.get(gwkey), iface[gwkey]) for _key, gwkey, _auto, _v in _FAMILIES
+                        if old.get(gwkey) != iface[gwkey] and iface['mode'] == 'bridged'}
+            if add or remove or gateways:
+                changes.append({'iface': iface, 'add': add, 'remove': remove, 'gateways': gateways,
+                                'host_link': old.get('host_link') or iface['host_link']})
+        return changes
+
+    @staticmethod
+    def _check_forwarding(name, meta, steps):
+        """Refuse to start a VE with routed IPv6 on a host without IPv6 forwarding (LXC would refuse too,
+        with a message only in its log). Set by osvirt.vz.bridge or the host role, never behind the
+        operator's back: IPv6 forwarding also stops the host from taking router advertisements."""
+        if 'start' not in steps:
+            return
+        for iface in meta.get('network') or []:
+            if iface['mode'] == 'routed' and iface['ipv6'] and _read_sysctl('net/ipv6/conf/all/forwarding') != '1':
+                raise VzError('VE %s interface %s: routed IPv6 needs IPv6 forwarding on the host, and '
+                              'net.ipv6.conf.all.forwarding is 0 (LXC refuses to start the VE); enable it with '
+                              'osvirt.vz.bridge (forwarding) or sysctl' % (name, iface['name']))
 
     def _rebase_info(self, meta, manifest):
         """From/to of a rebase, whether it goes back in time, and what the private area hides."""
@@ -631,6 +953,12 @@ class VeManager:
         if step == 'configure' and rebase:
             return 'rebase %s from %s to %s%s' % (plan['name'], rebase['from'], rebase['to'],
                                                   ' (rollback to an older version)' if rebase['rollback'] else '')
+        if step == 'network':
+            return 'network %s: %s' % (plan['name'], '; '.join(_describe_live(c) for c in plan['live_net']))
+        if step == 'addresses':
+            return 'lease %s for %s' % (', '.join(c['address'] for c in plan['claims']), plan['name'])
+        if step == 'resolver':
+            return 'write /etc/resolv.conf of %s' % plan['name']
         return '%s %s' % (step, plan['name'])
 
     def _predict(self, plan):
@@ -685,6 +1013,11 @@ class VeManager:
                 _limits.undo(plan['limit_done'])
                 done.append('roll back limits %s' % name)
                 plan['limit_done'] = []
+            if plan.get('claimed') and not created:
+                try:
+                    self._leases().release(name, plan['claimed'])
+                except VzError as exc:  # pragma: no cover - best effort, reported
+                    message += '; releasing the new address leases failed too: %s' % exc
             if created:
                 try:
                     self._step_destroy(plan)
@@ -720,6 +1053,10 @@ class VeManager:
                 os.mkdir(path, 0o755)
                 if idmap:
                     os.chown(path, idmap['uid'], idmap['gid'])
+            resolver = resolv_conf(meta.get('network'))
+            if resolver is not None:
+                write_inside(os.path.join(private, 'upper'), 'etc', 'resolv.conf', resolver,
+                             idmap.get('uid', 0), idmap.get('gid', 0))
             cfg = LxcConfig()
             cfg.replace_owned(is_owned, config)
             cfg.save(os.path.join(staging, 'config'))
@@ -743,6 +1080,89 @@ class VeManager:
         cfg.replace_owned(is_owned, config)
         cfg.save(os.path.join(directory, 'config'))
         write_json(os.path.join(directory, 've.json'), plan['new_meta'])
+        if plan.get('release'):
+            self._leases().release(name, plan['release'])
+
+    def _step_addresses(self, plan):
+        """Lease the VE's new addresses. A predicted `auto` address that another process leased since
+        the plan is replaced by the pool's next free one."""
+        name, leases = plan['name'], self._leases()
+        claimed = plan.setdefault('claimed', [])
+        for claim in plan['claims']:
+            address = claim['address']
+            if claim['pool'] is None:
+                leases.claim(name, claim['interface'], address)
+            else:
+                try:
+                    leases.claim(name, claim['interface'], address)
+                except VzError:
+                    address = leases.allocate(name, claim['interface'], claim['pool'], exclude=claim['exclude'])
+                    iface = next(i for i in plan['new_meta']['network'] if i['name'] == claim['interface'])
+                    old = '%s/%d' % (claim['address'], claim['prefixlen'])
+                    iface[claim['key']] = [('%s/%d' % (address, claim['prefixlen'])) if a == old else a
+                                           for a in iface[claim['key']]]
+                    claim['address'] = address
+            claimed.append(address)
+
+    def _step_network(self, plan):
+        """Change addresses and gateways of a running VE's interfaces live: the anti-spoofing filter,
+        inside the VE's network namespace, and the host routes of a routed interface."""
+        vnet, antispoof, done = _vnet(), _antispoof(), []
+        try:
+            for change in plan['live_net']:
+                iface = change['iface']
+                if antispoof is not None:
+                    antispoof.ensure_filter(change['host_link'], iface['hwaddr'], iface['ipv4'], iface['ipv6'])
+                vnet.apply_addresses(plan['pid'], iface['name'], add=change['add'], remove=change['remove'],
+                                     gateway4=change['gateways'].get('gateway4'),
+                                     gateway6=change['gateways'].get('gateway6'))
+                done.append(change)
+                if iface['mode'] == 'routed':
+                    vnet.host_routes(change['host_link'], add=change['add'], remove=change['remove'])
+        except Exception:
+            for change in reversed(done):  # put back what this step changed, then report
+                try:
+                    self._undo_live(vnet, antispoof, plan, change)
+                except Exception:  # pragma: no cover - best effort; the error below is what counts
+                    pass
+            raise
+
+    @staticmethod
+    def _undo_live(vnet, antispoof, plan, change):
+        iface = change['iface']
+        old = next(i for i in plan['meta']['network'] if i['name'] == iface['name'])
+        vnet.apply_addresses(plan['pid'], iface['name'], add=change['remove'], remove=change['add'],
+                             gateway4=tuple(reversed(change['gateways']['gateway4']))
+                             if 'gateway4' in change['gateways'] else None,
+                             gateway6=tuple(reversed(change['gateways']['gateway6']))
+                             if 'gateway6' in change['gateways'] else None)
+        if iface['mode'] == 'routed':
+            vnet.host_routes(change['host_link'], add=change['remove'], remove=change['add'])
+        if antispoof is not None:
+            antispoof.ensure_filter(change['host_link'], old['hwaddr'], old.get('ipv4') or [], old.get('ipv6') or [])
+
+    def _step_resolver(self, plan):
+        """Write the VE's /etc/resolv.conf: inside a running VE through /proc/<pid>/root, else into its
+        private area; never following a link the VE made, as the VE's root user."""
+        name, meta = plan['name'], plan['new_meta']
+        idmap = meta.get('idmap') or {}
+        now = self.client.state(name)
+        if now['state'] in ('running', 'frozen') and now['pid']:
+            root = '/proc/%d/root' % now['pid']
+        else:
+            root = os.path.join(self.host.ve_dir(name), 'private', 'upper')
+        write_inside(root, 'etc', 'resolv.conf', resolv_conf(meta['network']), idmap.get('uid', 0),
+                     idmap.get('gid', 0))
+
+    def _guard(self, meta):
+        """Anti-spoofing filters of a started VE's links (idempotent; the host role's hook sets them
+        too, before the VE's init runs, where it is installed)."""
+        antispoof = _antispoof()
+        if antispoof is None:
+            return
+        for iface in meta.get('network') or []:
+            antispoof.ensure_filter(iface['host_link'], iface['hwaddr'], iface.get('ipv4') or [],
+                                    iface.get('ipv6') or [])
 
     def _step_limits(self, plan):
         """Apply changed limits: live cgroup writes (running VE), disk quota, network shaping."""
@@ -815,6 +1235,7 @@ class VeManager:
             raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
         if ((meta.get('limits') or {}).get('net')):
             self._shape(meta)
+        self._guard(meta)
 
     def _step_stop(self, plan):
         self.client.stop(plan['name'], self.stop_timeout)
@@ -843,6 +1264,11 @@ class VeManager:
                     _shaping().clear_shaping(iface['host_link'])
                 except VzError:
                     pass  # the IFB device goes with the VE's link; a leftover is reported by ve_info
+        antispoof = _antispoof() if meta.get('network') else None
+        for iface in meta.get('network') or [] if antispoof is not None else []:
+            antispoof.remove_filter(iface['host_link'])
+        if meta.get('network') or os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
+            self._leases().release(name)
         try:
             self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
         except OSError:
@@ -914,6 +1340,13 @@ def describe_error(exc, what):
     return '%s failed: %s' % (what, exc)
 
 
+def _describe_live(change):
+    """One interface's live change in words, for the actions list."""
+    words = ['add %s' % a for a in change['add']] + ['remove %s' % a for a in change['remove']]
+    words += ['%s %s' % (key, new or 'none') for key, (_old, new) in sorted(change['gateways'].items())]
+    return '%s %s' % (change['iface']['name'], ', '.join(words))
+
+
 def _final_state(state, steps):
     after = {'create': 'stopped', 'start': 'running', 'stop': 'stopped', 'kill': 'stopped', 'freeze': 'frozen',
              'unfreeze': 'running', 'destroy': 'absent'}
@@ -934,3 +1367,11 @@ def _tail(path, lines=5):
     except OSError:
         return ''
     return ' | '.join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
+
+
+def _read_sysctl(path):
+    try:
+        with open(os.path.join('/proc/sys', path), 'r', encoding='ascii') as handle:
+            return handle.read().strip()
+    except OSError:
+        return None

@@ -78,23 +78,50 @@ options:
         elements: dict
         suboptions: &network_options
           name:
-            description: Interface name inside the VE; defaults to C(eth<index>).
+            description: Interface name inside the VE, unique per VE; defaults to C(eth<index>).
             type: str
           mode:
             description:
-              - C(bridged) plugs a veth pair into a host bridge.
+              - V(bridged) plugs a veth pair into a host bridge (layer 2, the VE shares the bridge's network).
+              - V(routed) gives the VE a veth pair on no bridge (LXC's veth router mode, venet-like, layer 3). The
+                host routes each of the VE's addresses (/32, /128) to the host side of the pair and answers the VE's
+                gateway there (proxy ARP/NDP); the VE's default routes go via V(169.254.0.1) and V(fe80::1). VEs in
+                routed mode have no layer 2 contact with each other. IPv6 in routed mode needs
+                C(net.ipv6.conf.all.forwarding=1) on the host (LXC refuses to start the VE otherwise).
             type: str
-            choices: [bridged]
+            choices: [bridged, routed]
             default: bridged
           bridge:
-            description: Host bridge; defaults to C(bridge) of C(<vz_root>/host.json), else C(vzbr0).
+            description:
+              - Host bridge of a V(bridged) interface; defaults to C(bridge) of C(<vz_root>/host.json), else C(vzbr0).
+                It must exist. Not allowed in V(routed) mode.
             type: str
           ipv4:
-            description: Static IPv4 addresses with prefix length, for example V(10.20.0.5/24).
+            description:
+              - IPv4 addresses of the interface, several allowed. Bridged mode needs a prefix length
+                (V(10.20.0.5/24)); routed mode takes single addresses (V(10.30.0.5) or V(10.30.0.5/32)).
+              - V(auto) (alone or as one item) takes the lowest free address of the pool, C(pool4) of the bridge
+                (see M(osvirt.vz.bridge)) or, in routed mode, C(routed_pool4) of the host. The VE keeps that address
+                on later runs; it is released when the VE is removed or stops asking for it.
+              - Every address is leased on the host, so no two VEs get the same one.
+              - On a running VE, addresses are added and removed live, without a restart.
+            type: list
+            elements: str
+          ipv6:
+            description:
+              - IPv6 addresses of the interface, like O(network[].ipv4) (V(fd00:20::5/64); routed V(fd00:30::5)), or
+                V(auto) from C(pool6) of the bridge or C(routed_pool6) of the host.
             type: list
             elements: str
           gateway4:
-            description: IPv4 default gateway; must lie in the subnet of one of the addresses.
+            description:
+              - IPv4 default gateway; must lie in the subnet of one of the interface's addresses.
+              - Defaults to the bridge's own address in the pool's subnet for an V(auto) address, else none.
+              - Routed mode always uses V(169.254.0.1); another value is refused.
+            type: str
+          gateway6:
+            description:
+              - IPv6 default gateway, like O(network[].gateway4). Routed mode always uses V(fe80::1).
             type: str
           hwaddr:
             description:
@@ -102,8 +129,18 @@ options:
                 the VE moves to another host.
             type: str
           mtu:
-            description: MTU of the interface (576-65535).
+            description: MTU of the interface (68-65535). A change waits for a restart.
             type: int
+          nameservers:
+            description:
+              - DNS servers (IPv4 or IPv6 addresses) written into the VE's C(/etc/resolv.conf), at most 3 per VE
+                (the nameservers of all interfaces together). Changed live on a running VE.
+            type: list
+            elements: str
+          searchdomains:
+            description: Search domains written into the VE's C(/etc/resolv.conf).
+            type: list
+            elements: str
       privileged:
         description: Like O(privileged).
         type: bool
@@ -161,6 +198,12 @@ options:
     description:
       - Network interfaces of the VE. The list replaces the VE's interfaces. A new VE without this option
         has only a loopback interface.
+      - On a running VE, a change of addresses, gateways, nameservers or search domains of an existing interface
+        is applied live (inside the VE's network namespace, on the host's routes and anti-spoofing filter). Any
+        other change (bridge, mode, name, hwaddr, mtu, adding or removing an interface) is written and applied at
+        the next start, reported as RV(restart_required), or applied now with O(restart=true).
+      - Each interface gets an anti-spoofing filter on the host side of its link, so the VE can send only
+        with its own MAC and addresses.
     type: list
     elements: dict
     suboptions: *network_options
@@ -227,6 +270,31 @@ EXAMPLES = r'''
       - name: eth0
         bridge: vzbr0
         ipv4: [10.20.0.5/24]
+        gateway4: 10.20.0.1
+
+- name: Two interfaces, IPv4 and IPv6, an address from the bridge's pool and a resolver
+  osvirt.vz.ve:
+    name: web2
+    template: busybox
+    network:
+      - name: eth0
+        bridge: vzbr0
+        ipv4: [auto]
+        ipv6: [fd00:20::5/64]
+        gateway6: fd00:20::1
+        nameservers: [10.20.0.1]
+        searchdomains: [example.test]
+      - name: eth1
+        mode: routed
+        ipv4: [192.0.2.10]
+
+- name: Add a second address to a running VE (live, no restart)
+  osvirt.vz.ve:
+    name: web1
+    network:
+      - name: eth0
+        bridge: vzbr0
+        ipv4: [10.20.0.5/24, 10.20.0.6/24]
         gateway4: 10.20.0.1
 
 - name: Bulk form with per-VE options
@@ -299,7 +367,7 @@ ve:
       description: Template version the VE runs on, C(name@version).
       type: str
     ips:
-      description: Configured IPv4 addresses.
+      description: Configured addresses of all interfaces, IPv4 first, without prefix length.
       type: list
       elements: str
     pid:
@@ -358,12 +426,16 @@ MOUNT_OPTIONS = {
 }
 NETWORK_OPTIONS = {
     'name': {'type': 'str'},
-    'mode': {'type': 'str', 'choices': ['bridged'], 'default': 'bridged'},
+    'mode': {'type': 'str', 'choices': ['bridged', 'routed'], 'default': 'bridged'},
     'bridge': {'type': 'str'},
     'ipv4': {'type': 'list', 'elements': 'str'},
+    'ipv6': {'type': 'list', 'elements': 'str'},
     'gateway4': {'type': 'str'},
+    'gateway6': {'type': 'str'},
     'hwaddr': {'type': 'str'},
     'mtu': {'type': 'int'},
+    'nameservers': {'type': 'list', 'elements': 'str'},
+    'searchdomains': {'type': 'list', 'elements': 'str'},
 }
 VE_OPTIONS = {
     'template': {'type': 'str'},

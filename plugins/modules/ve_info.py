@@ -80,9 +80,17 @@ ves:
       description: Template version.
       type: str
     ips:
-      description: Configured IPv4 addresses.
+      description: Configured addresses of all interfaces, IPv4 first, without prefix length.
       type: list
       elements: str
+    network:
+      description:
+        - The VE's interfaces as its metadata records them, each with C(name), C(mode) (V(bridged) or V(routed)),
+          C(bridge), C(ipv4) and C(ipv6) (addresses with prefix length), C(auto4) and C(auto6) (true when the
+          address came from a pool), C(gateway4), C(gateway6), C(mtu), C(hwaddr), C(host_link) (the host side
+          of its veth), C(nameservers) and C(searchdomains).
+      type: list
+      elements: dict
     pid:
       description: PID of the VE's init on the host, when running.
       type: int
