@@ -312,11 +312,11 @@ def normalize_network(ve, network, host, parent=None, current=None):
                     (home.network.prefixlen if home else pool.prefixlen)
                 subnets.append(ipaddress.ip_network((pool.network_address, prefixlen), strict=False))
                 gateway_default = str(home.ip) if home and mode == 'bridged' else None
-                kept = [a for a in (old or {}).get(key) or [] if (old or {}).get(autokey)
-                        and ipaddress.ip_interface(a).ip in pool
-                        and ipaddress.ip_interface(a).ip not in [s.ip for s in addresses]]
-                if kept:
-                    addresses.append(ipaddress.ip_interface(kept[0]))
+                # the pool's address is always the last of its family's list
+                kept = ((old or {}).get(key) or [])[-1:] if (old or {}).get(autokey) else []
+                kept = [ipaddress.ip_interface(a) for a in kept]
+                if kept and kept[0].ip in pool and kept[0].ip not in [a.ip for a in addresses]:
+                    addresses.append(kept[0])
                 else:
                     pending.append({'key': key, 'pool': str(pool), 'prefixlen': prefixlen,
                                     'exclude': sorted({str(a.ip) for a in own})})
@@ -948,15 +948,17 @@ class VeManager:
         return info
 
     def _label(self, plan, step):
-        """The action text of one step; a configure that moves the VE to another version says so."""
+        """The action text of one step (None: no action of its own); a configure that moves the VE to
+        another version says so."""
         rebase = plan.get('rebase')
         if step == 'configure' and rebase:
             return 'rebase %s from %s to %s%s' % (plan['name'], rebase['from'], rebase['to'],
                                                   ' (rollback to an older version)' if rebase['rollback'] else '')
         if step == 'network':
             return 'network %s: %s' % (plan['name'], '; '.join(_describe_live(c) for c in plan['live_net']))
-        if step == 'addresses':
-            return 'lease %s for %s' % (', '.join(c['address'] for c in plan['claims']), plan['name'])
+        if step == 'addresses':   # part of creating a VE; on an existing one, its own action
+            return None if 'create' in plan['steps'] else \
+                'lease %s for %s' % (', '.join(c['address'] for c in plan['claims']), plan['name'])
         if step == 'resolver':
             return 'write /etc/resolv.conf of %s' % plan['name']
         return '%s %s' % (step, plan['name'])
@@ -966,7 +968,7 @@ class VeManager:
         state = _final_state(plan['current'], plan['steps'])
         meta = plan['new_meta'] or plan['meta'] or {'name': plan['name']}
         return self._result(plan, meta, state, plan['pid'] if state == plan['current'] else None,
-                            [self._label(plan, step) for step in plan['steps']])
+                            [label for label in (self._label(plan, step) for step in plan['steps']) if label])
 
     def _result(self, plan, meta, state, pid, actions, error=None):
         before = spec_view(plan['meta']) if plan['meta'] else {}
@@ -1001,7 +1003,8 @@ class VeManager:
         try:
             for step in plan['steps']:
                 getattr(self, '_step_' + step)(plan)
-                done.append(self._label(plan, step))
+                if self._label(plan, step):
+                    done.append(self._label(plan, step))
                 created = created or step == 'create'
                 state = _final_state(state, [step])
                 if state != plan['current'] or step in ('start', 'stop', 'kill'):

@@ -47,7 +47,7 @@ def test_network_auto_is_pending_then_kept():
     assert iface['pending'] == [
         {'key': 'ipv4', 'pool': '10.20.0.128/25', 'prefixlen': 24, 'exclude': ['10.20.0.1']},
         {'key': 'ipv6', 'pool': 'fd00:20::/112', 'prefixlen': 64, 'exclude': ['fd00:20::1']}]
-    current = [dict(iface, ipv4=['10.20.0.129/24'], ipv6=['fd00:20::5/64', 'fd00:20::9/64'])]
+    current = [dict(iface, ipv4=["10.20.0.129/24"], ipv6=["fd00:20::5/64", "fd00:20::9/64"])]
     current[0].pop('pending')
     again = normalize_network('web1', [{'ipv4': ['auto'], 'ipv6': ['auto', 'fd00:20::5/64']}], FakeHost(),
                               current=current)
