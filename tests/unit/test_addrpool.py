@@ -74,7 +74,7 @@ def test_predict_changes_nothing(host, leases):
 
 def test_release_removes_only_that_ves_leases(host, leases):
     live(host, 'web1', 'web2')
-    for _ in range(3):
+    for _round in range(3):
         leases.allocate('web1', 'eth0', POOL)
     leases.allocate('web2', 'eth0', POOL)
     assert leases.release('web1', ['10.20.0.2/24', '10.20.0.4']) == ['10.20.0.2']

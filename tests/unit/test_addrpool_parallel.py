@@ -45,7 +45,7 @@ def _race(tmp_path, pool, count):
         worker.start()
     got = []
     try:
-        for _ in range(count):
+        for _worker in range(count):
             got.append(results.get(timeout=120))
     except queue.Empty:
         pytest.fail('only %d of %d processes reported' % (len(got), count))
