@@ -210,7 +210,7 @@ class Leases:
         _validate.ve_name(ve)
         wanted = None if addresses is None else {canonical(a) for a in addresses}
         removed = []
-        names = _ordered(self._names()) if wanted is None else sorted(wanted)
+        names = _ordered(self._names() if wanted is None else {ipaddress.ip_address(a) for a in wanted})
         for address in names:
             text = str(address)
             lease = self._read(text)

@@ -7,6 +7,7 @@ directory, let go of the lock. A barrier releases all of them at once.
 import multiprocessing
 import os
 import queue
+import threading
 
 import pytest
 
@@ -34,9 +35,11 @@ def _create(vz_root, name, pool, barrier, results):
         results.put((name, 'crash', repr(exc)))
 
 
-def _race(tmp_path, pool, count):
+def _race(tmp_path, pool, count, stale=()):
     host = Host(vz_root=str(tmp_path / 'vz'))
     host.ensure_layout()
+    for i, address in enumerate(stale):  # leases of VEs removed without releasing them
+        Leases(host).claim('gone%d' % i, 'eth0', address)
     barrier = CTX.Barrier(count)
     results = CTX.Queue()
     workers = [CTX.Process(target=_create, args=(host.vz_root, 've%d' % i, pool, barrier, results))
@@ -78,3 +81,37 @@ def test_forty_processes_on_a_pool_of_thirty(tmp_path):
     for message in errors:
         assert message.startswith('address pool 10.20.0.0/27 is exhausted: all 30 addresses are in use')
     assert sorted(files) == sorted(ok)
+
+
+def test_forty_processes_take_over_thirty_stale_leases(tmp_path):
+    stale = ['10.20.0.%d' % i for i in range(1, 31)]
+    got, files, leases = _race(tmp_path, '10.20.0.0/27', 40, stale)
+    ok = [address for _name, outcome, address in got if outcome == 'ok']
+    assert sorted(ok) == sorted(stale)
+    assert len([g for g in got if g[1] == 'error']) == 10
+    assert sorted(files) == sorted(stale)
+    assert not [n for n in os.listdir(leases.directory) if n.startswith('.')]
+    for name, outcome, address in got:
+        if outcome == 'ok':
+            assert leases.of(name) == {address: 'eth0'}
+
+
+def test_threads_of_one_process_get_distinct_addresses(tmp_path):
+    """osvirt.vz.ve creates the VEs of one task in threads: leases hold between threads too."""
+    host = Host(vz_root=str(tmp_path / 'vz'))
+    host.ensure_layout()
+    barrier = threading.Barrier(16)
+    got = {}
+
+    def create(name):
+        with Lock(host.locks_dir, 've', name, 'test', timeout=30):
+            barrier.wait(30)
+            got[name] = Leases(host).allocate(name, 'eth0', 'fd00:20::/120')
+            os.mkdir(host.ve_dir(name))
+
+    threads = [threading.Thread(target=create, args=('ve%d' % i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(got.values()) == sorted('fd00:20::%x' % i for i in range(1, 17))
