@@ -757,6 +757,9 @@ class VeManager:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise VzError('VE %s is listed more than once in one task' % ', '.join(duplicates))
+        for spec in specs:   # malformed interfaces fail before any lock file or lease is written
+            if spec.get('state') != 'absent' and spec.get('network') is not None:
+                normalize_network(spec['name'], spec['network'], self.host)
         if not self.check_mode:
             self.host.ensure_layout()
         self._task_addresses = {}

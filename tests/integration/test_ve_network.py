@@ -20,7 +20,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -385,7 +384,7 @@ BAD = {
 
 def test_bad_input_changes_nothing(net, bridged):
     a, b, _ves = bridged
-    fresh = net.name("bad")
+    fresh, fresh2 = net.name("bad"), net.name("bad2")
     keys = dict(n=net.n, b=b, small="vzt%ss" % net.prefix[1:])
     tasks = []
     for title, (iface, _error) in BAD.items():
@@ -393,7 +392,8 @@ def test_bad_input_changes_nothing(net, bridged):
                      v.format(**keys) if isinstance(v, str) else v) for k, v in iface.items()}
         if iface.get("mode") != "routed":
             iface.setdefault("bridge", net.bridge)
-        for name in (fresh, a):   # a new VE, and an existing running one
+        # a new VE, and an existing running one; an address in use is found under the VE's lock
+        for name in (fresh if title != "address of another VE" else fresh2, a):
             tasks.append(dict(net.task("%s %s" % (title, name), name=name, template="busybox",
                                        network=[dict(iface, name="eth0")]), ignore_errors=True))
     tasks.append(dict(net.task("duplicate names", name=fresh, template="busybox",
@@ -404,10 +404,14 @@ def test_bad_input_changes_nothing(net, bridged):
                                ves=[{"name": net.name("x%d" % i),
                                      "network": [{"bridge": keys["small"], "ipv4": ["auto"]}]}
                                     for i in range(2)]), ignore_errors=True))
-    before = net.snapshot(a, fresh, net.name("x0"), net.name("x1"))
+    before = net.snapshot(a, fresh, fresh2, net.name("x0"), net.name("x1"))
+    if (Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text().strip() == "0"):
+        tasks.append(dict(net.task("routed ipv6 without forwarding", name=fresh2, template="busybox",
+                                   network=[{"mode": "routed", "ipv6": ["fd22:%x::5" % net.n]}]),
+                          ignore_errors=True))
     run = net.run(play(tasks))
     for title, (_iface, error) in BAD.items():
-        for name in (fresh, a):
+        for name in (fresh if title != "address of another VE" else fresh2, a):
             res = run.task("%s %s" % (title, name))
             assert res.failed, (title, name, res.result)
             assert error.format(**keys) in res.msg, (title, name, res.msg)
@@ -416,5 +420,10 @@ def test_bad_input_changes_nothing(net, bridged):
     exhausted = run.task("exhausted pool")
     assert exhausted.failed and "10.23.%d.0/30" % net.n in exhausted.msg and "exhausted" in exhausted.msg, \
         exhausted.msg
-    assert net.snapshot(a, fresh, net.name("x0"), net.name("x1")) == before
-    assert not (net.ves / fresh).exists()
+    if "routed ipv6 without forwarding" in [r.name for r in run.results]:
+        res = run.task("routed ipv6 without forwarding")
+        assert res.failed and "net.ipv6.conf.all.forwarding is 0" in res.msg, res.msg
+    assert net.snapshot(a, fresh, fresh2, net.name("x0"), net.name("x1")) == before
+    assert not (net.ves / fresh).exists() and not (net.ves / fresh2).exists()
+    # malformed interfaces fail before the new VE's lock file is made
+    assert not (net.root / "locks" / ("ve-%s.lock" % fresh)).exists()
