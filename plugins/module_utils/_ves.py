@@ -80,6 +80,18 @@ def _shaping():
     return shaping
 
 
+def _vnet():
+    """Netlink inside VEs and on their host links (``ve_info``'s interfaces), imported only when a
+    VE has a network interface: it loads pyroute2."""
+    from . import _vnet as vnet  # pylint: disable=import-outside-toplevel
+    return vnet
+
+
+def is_owned(key):
+    """True for the LXC config keys the collection manages."""
+    return key.startswith(OWNED_PREFIXES)
+
+
 def _leases_module():
     """The address leases (_addrpool), imported when a VE has addresses."""
     from . import _addrpool  # pylint: disable=import-outside-toplevel
@@ -93,17 +105,6 @@ def _antispoof():
     except ImportError:
         return None
     return antispoof
-
-
-def _vnet():
-    """Netlink inside a running VE and host routes (_vnet, loads pyroute2)."""
-    from . import _vnet as vnet  # pylint: disable=import-outside-toplevel
-    return vnet
-
-
-def is_owned(key):
-    """True for the LXC config keys the collection manages."""
-    return key.startswith(OWNED_PREFIXES)
 
 
 # -- planning ----------------------------------------------------------------------------------
