@@ -345,6 +345,27 @@ def test_routed_live_address(net, routed):
     assert net.r4(15) not in sh("ip", "route", "show", "dev", net.meta(r1)["network"][0]["host_link"]).stdout
 
 
+def test_routed_auto_from_the_hosts_pool(net):
+    """``ipv4: auto`` in routed mode takes the host's routed_pool4 (host.json), as a /32, kept
+    across runs and released on removal."""
+    host_json = net.root / "host.json"
+    host_json.write_text(json.dumps({"routed_pool4": "10.22.%d.16/28" % net.n}))
+    name = net.name("ra")
+    ve = {"name": name, "network": [{"mode": "routed", "ipv4": ["auto"]}]}
+    try:
+        run = net.run(play([net.task("routed auto", template="busybox", state="present", ves=[ve]),
+                            net.task("routed auto again", template="busybox", state="present", ves=[ve])]))
+        assert run.task("routed auto")["ves"][0]["ips"] == ["10.22.%d.17" % net.n]
+        assert not run.task("routed auto again").changed
+        meta = net.meta(name)["network"][0]
+        assert meta["ipv4"] == ["10.22.%d.17/32" % net.n] and meta["auto4"] is True
+        assert meta["gateway4"] == "169.254.0.1"
+        net.run(play([net.task("routed auto gone", name=name, state="absent")]))
+        assert "10.22.%d.17" % net.n not in net.leases()
+    finally:
+        host_json.unlink()
+
+
 # ------------------------------------------------------------------------------- pools
 
 
