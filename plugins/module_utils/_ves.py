@@ -49,7 +49,7 @@ OWNED_PREFIXES = (
     'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
 ) + _limits.OWNED_PREFIXES
 
-# The host role's LXC hook that shapes a VE's network rate at every start (lxc-autostart too).
+# The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
 NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
 _LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
 # lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
