@@ -448,3 +448,33 @@ def test_bad_input_changes_nothing(net, bridged):
     assert not (net.ves / fresh).exists() and not (net.ves / fresh2).exists()
     # malformed interfaces fail before the new VE's lock file is made
     assert not (net.root / "locks" / ("ve-%s.lock" % fresh)).exists()
+
+
+def test_stopped_ve_gets_its_resolver_in_the_private_area(net):
+    name = net.name("dns")
+    ve = {"name": name, "network": [{"bridge": net.bridge, "ipv4": [net.v4(50)]}]}
+    net.run(play([net.task("plain", template="busybox", state="present", ves=[ve])]))
+    upper = net.ves / name / "private" / "upper"
+    assert not (upper / "etc" / "resolv.conf").exists()
+    ve["network"][0]["nameservers"] = [net.host4]
+    run = net.run(play([net.task("dns", template="busybox", state="present", ves=[ve]),
+                        net.task("dns again", template="busybox", state="present", ves=[ve])]))
+    assert run.task("dns").changed and not run.task("dns again").changed
+    resolv = upper / "etc" / "resolv.conf"
+    assert resolv.read_text().splitlines()[1:] == ["nameserver %s" % net.host4]
+    uid = net.meta(name)["idmap"]["uid"]
+    assert resolv.stat().st_uid == uid and (upper / "etc").stat().st_uid == uid
+    net.run(play([net.task("gone", name=name, state="absent")]))
+
+
+def test_destroy_removes_filters_and_leases(net, bridged):
+    """Removing a VE removes the anti-spoofing chain of its link and releases its addresses."""
+    _a, b, _ves = bridged
+    link = net.meta(b)["network"][0]["host_link"]
+    guarded = sh("nft", "list", "chain", "netdev", "osvirt_vz_guard", "ve_%s" % link, check=False).returncode == 0
+    assert guarded or not (Path(__file__).resolve().parents[2] / "plugins/module_utils/_antispoof.py").exists(), \
+        "a started VE has no anti-spoofing chain"
+    assert b in net.leases().values()
+    net.run(play([net.task("remove b", name=b, state="absent")]))
+    assert b not in net.leases().values()
+    assert sh("nft", "list", "chain", "netdev", "osvirt_vz_guard", "ve_%s" % link, check=False).returncode != 0
