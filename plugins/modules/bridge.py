@@ -93,8 +93,8 @@ options:
     description:
       - V(true) turns on C(net.ipv4.ip_forward) and, when the bridge has IPv6 addresses,
         C(net.ipv6.conf.all.forwarding), so that VEs reach networks beyond the host.
-      - V(false) leaves both as they are. The module never turns forwarding off: the sysctls
-        are host-wide and other bridges or routed VEs may rely on them.
+      - V(false) leaves both as they are. The module never turns forwarding off, because the
+        sysctls are host-wide and other bridges or routed VEs may rely on them.
       - When omitted, forwarding is turned on when O(nat=true) and left as it is otherwise.
       - With IPv6 forwarding on, Linux ignores router advertisements on interfaces whose
         C(accept_ra) is 1; hosts that configure their own IPv6 address by SLAAC need
