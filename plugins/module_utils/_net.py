@@ -34,6 +34,7 @@ from . import _nft, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, write_json
 from ._host import bridge_settings_path, host_pool
+from ._locks import Lock
 
 try:
     from pyroute2 import IPRoute
@@ -650,6 +651,13 @@ class HostSystem:
     """Reads a ``HostState`` and applies the host-side ``Change`` operations (sysctl, nat,
     nat_delete, write_settings, remove_settings). nft errors become ``NetError``."""
 
+    @staticmethod
+    def lock(spec):
+        """The bridge's lock in ``<vz_root>/locks`` (created when missing), as a context manager."""
+        locks_dir = os.path.join(spec.vz_root, "locks")
+        make_dirs(locks_dir, 0o700)
+        return Lock(locks_dir, "bridge", spec.name, "osvirt.vz.bridge on %s" % spec.name)
+
     def read(self, spec, netlink):
         """The ``HostState`` of ``spec``'s bridge; ``netlink`` answers whether the uplink exists."""
         sysctl = {}
@@ -722,44 +730,35 @@ class HostSystem:
             raise NetError("could not %s: %s" % (change.describe(), exc.strerror or exc))
 
 
+def _plan(spec, nl, system):
+    """Read the kernel and the host, and plan: (current link, link changes, predicted link,
+    HostState, host changes). Raises ``VzError`` on bad input."""
+    current = nl.read_bridge(spec.name)
+    link_after = predict_link(spec, current)
+    host = system.read(spec, nl)
+    return current, plan_bridge(spec, current), link_after, host, plan_host(spec, link_after, host)
+
+
 def ensure_bridge(spec, check_mode=False, netlink=None, system=None):
     """Bring the host to ``spec``; in check mode only compute what would change.
 
     Everything that can be checked is checked before the first change (input against the
-    kernel's view, the nft script with ``nft -c``), so bad input changes nothing.
+    kernel's view, the nft script with ``nft -c``), so bad input changes nothing. Changes are
+    made under the bridge's lock (``<vz_root>/locks/bridge-<name>.lock``), planned again once it
+    is held, so two runs for one bridge never interleave.
     Returns a dict with ``changed``, ``actions`` (readable strings), ``bridge`` (the state after,
     predicted in check mode) and ``diff`` (``before``/``after`` dicts). Raises ``VzError``.
     """
     system = system or HostSystem()
     with (netlink or Netlink()) as nl:
-        current = nl.read_bridge(spec.name)
-        changes = plan_bridge(spec, current)
-        link_after = predict_link(spec, current)
-        host = system.read(spec, nl)
-        host_changes = plan_host(spec, link_after, host)
+        current, changes, link_after, host, host_changes = _plan(spec, nl, system)
+        if not check_mode and (changes or host_changes):
+            with system.lock(spec):
+                current, changes, link_after, host, host_changes = _plan(spec, nl, system)
+                after = _apply(spec, nl, system, changes, host_changes)
         before = dict(describe_link(spec.name, current), **describe_host(spec.name, host))
         if check_mode or not (changes or host_changes):
             after = dict(link_after, **predict_host(spec, link_after, host))
-        else:
-            for change in host_changes:
-                system.check(change)
-            for change in changes:
-                if change.op != "add_ipv4":
-                    nl.apply(change)
-            if spec.state == "present" and spec.ipv4:
-                # Add addresses after all removals, against a fresh read: deleting a primary
-                # address also deletes the secondaries of its subnet (unless the sysctl
-                # promote_secondaries is set), so a wanted address may have gone with it.
-                missing = diff_addresses(nl.read_bridge(spec.name).ipv4, list(spec.ipv4))[0]
-                for addr in missing:
-                    change = Change("add_ipv4", spec.name, addr)
-                    nl.apply(change)
-                    if change not in changes:
-                        changes.append(change)
-            for change in host_changes:
-                system.apply(change)
-            after = dict(describe_link(spec.name, nl.read_bridge(spec.name)),
-                         **describe_host(spec.name, system.read(spec, nl)))
     changes = changes + host_changes
     return {
         "changed": bool(changes),
@@ -767,3 +766,28 @@ def ensure_bridge(spec, check_mode=False, netlink=None, system=None):
         "bridge": after,
         "diff": {"before": before, "after": after},
     }
+
+
+def _apply(spec, nl, system, changes, host_changes):
+    """Carry out the planned changes (``changes`` gets the IPv4 re-adds); return the state after."""
+    if not (changes or host_changes):
+        return None
+    for change in host_changes:
+        system.check(change)
+    for change in changes:
+        if change.op != "add_ipv4":
+            nl.apply(change)
+    if spec.state == "present" and spec.ipv4:
+        # Add addresses after all removals, against a fresh read: deleting a primary
+        # address also deletes the secondaries of its subnet (unless the sysctl
+        # promote_secondaries is set), so a wanted address may have gone with it.
+        missing = diff_addresses(nl.read_bridge(spec.name).ipv4, list(spec.ipv4))[0]
+        for addr in missing:
+            change = Change("add_ipv4", spec.name, addr)
+            nl.apply(change)
+            if change not in changes:
+                changes.append(change)
+    for change in host_changes:
+        system.apply(change)
+    return dict(describe_link(spec.name, nl.read_bridge(spec.name)),
+                **describe_host(spec.name, system.read(spec, nl)))

@@ -488,6 +488,11 @@ class FakeSystem:
         self.applied = []
         self.refuse_nat = refuse_nat
 
+    @staticmethod
+    def lock(_spec):
+        import contextlib
+        return contextlib.nullcontext()
+
     def read(self, spec, netlink):
         return HostState(sysctl=dict(self.sysctl), nat_digest=self.chains.get(spec.nat_chain),
                          settings=self.files.get(spec.settings_path),
