@@ -181,15 +181,6 @@ _FAMILIES = (('ipv4', 'gateway4', 'auto4', 4), ('ipv6', 'gateway6', 'auto6', 6))
 MAX_NAMESERVERS = 3
 
 
-def bridge_settings(host, bridge):
-    """Addresses and pools of a bridge as osvirt.vz.bridge recorded them ({} when unknown)."""
-    getter = getattr(host, 'bridge_settings', None)
-    if getter is not None:
-        return getter(bridge) or {}
-    settings = read_json(os.path.join(host.vz_root, 'net', 'bridges', '%s.json' % bridge), {})
-    return settings if isinstance(settings, dict) else {}
-
-
 def _address_list(what, key, value):
     """The items of an ipv4/ipv6 option and whether `auto` is one of them."""
     if value is None:
@@ -227,7 +218,7 @@ def _pool_of(what, key, mode, bridge, settings, host):
     """The pool an `auto` address of ``key`` comes from, as an ip_network; an error when there is none."""
     version = 4 if key == 'ipv4' else 6
     if mode == 'routed':
-        pool = getattr(host, 'routed_pool%d' % version, None)
+        pool = host.routed_pool4 if version == 4 else host.routed_pool6
         if not pool:
             raise VzError('%s: %s: auto needs the host\'s routed pool, but the host has none (set routed_pool%d '
                           'in <vz_root>/host.json, host role variable host_routed_pool%d)'
@@ -289,7 +280,7 @@ def normalize_network(ve, network, host, parent=None, current=None):
             if not host.bridge_exists(bridge):
                 raise VzError('%s: bridge %s does not exist on this host (create it with osvirt.vz.bridge or the '
                               'osvirt.vz.host role)' % (what, bridge))
-            settings = bridge_settings(host, bridge)
+            settings = host.bridge_settings(bridge)
         else:
             if iface.get('bridge'):
                 raise VzError('%s: bridge is only for mode bridged; a routed interface is plugged into no bridge'
@@ -842,8 +833,6 @@ class VeManager:
             steps.insert(steps.index('configure') if 'configure' in steps else 0, 'network')
         if meta is not None and resolv_conf(new_meta['network']) not in (None, resolv_conf(meta.get('network'))):
             steps.append('resolver')
-        if plan['claims']:
-            steps.insert(0, 'addresses')
         if (meta or {}).get('limits') != new_meta.get('limits') or spec.get('limits') is not None and \
                 current in ('running', 'frozen'):
             self._plan_limits(plan, spec.get('force'))
@@ -851,6 +840,8 @@ class VeManager:
                     plan['limit_writes']:
                 # live first, then persist: a refused write leaves config and ve.json as they were
                 steps.insert(steps.index('create') + 1 if 'create' in steps else 0, 'limits')
+        if plan['claims']:
+            steps.insert(0, 'addresses')
         plan['steps'] = steps
         return plan
 
@@ -916,16 +907,27 @@ class VeManager:
 
     @staticmethod
     def _check_forwarding(name, meta, steps):
-        """Refuse to start a VE with routed IPv6 on a host without IPv6 forwarding (LXC would refuse too,
-        with a message only in its log). Set by osvirt.vz.bridge or the host role, never behind the
-        operator's back: IPv6 forwarding also stops the host from taking router advertisements."""
-        if 'start' not in steps:
+        """Refuse to start a routed VE that could not reach its gateway.
+
+        IPv6: LXC refuses to start a VE with a routed IPv6 gateway unless net.ipv6.conf.all.forwarding
+        is 1, with a message only in its log; it is set by osvirt.vz.bridge or the host role, never
+        behind the operator's back (IPv6 forwarding also stops the host from taking router
+        advertisements). IPv4: the kernel answers the proxy ARP entry of 169.254.0.1 only when the host
+        routes that address through another device (any default route does); without one, the VE
+        would start and reach nothing.
+        """
+        routed = [i for i in meta.get('network') or [] if i['mode'] == 'routed']
+        if 'start' not in steps or not routed:
             return
-        for iface in meta.get('network') or []:
-            if iface['mode'] == 'routed' and iface['ipv6'] and _read_sysctl('net/ipv6/conf/all/forwarding') != '1':
+        for iface in routed:
+            if iface['ipv6'] and _read_sysctl('net/ipv6/conf/all/forwarding') != '1':
                 raise VzError('VE %s interface %s: routed IPv6 needs IPv6 forwarding on the host, and '
                               'net.ipv6.conf.all.forwarding is 0 (LXC refuses to start the VE); enable it with '
                               'osvirt.vz.bridge (forwarding) or sysctl' % (name, iface['name']))
+        if any(i['ipv4'] for i in routed) and not _host_routes_to(ROUTED_GATEWAY4):
+            raise VzError('VE %s: routed IPv4 needs a route on the host to %s (any default route), or the host '
+                          'side of the VE\'s link does not answer for its gateway; the host has none'
+                          % (name, ROUTED_GATEWAY4))
 
     def _rebase_info(self, meta, manifest):
         """From/to of a rebase, whether it goes back in time, and what the private area hides."""
@@ -1382,3 +1384,18 @@ def _read_sysctl(path):
             return handle.read().strip()
     except OSError:
         return None
+
+
+def _host_routes_to(address):
+    """True when the host has a unicast route to ``address`` (the kernel's route lookup, pyroute2)."""
+    try:
+        from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
+        from pyroute2.netlink.exceptions import NetlinkError  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return True   # cannot tell; LXC and the kernel decide
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route('get', dst=address)
+        except NetlinkError:
+            return False
+    return any(r.get('type', 1) == 1 for r in routes)   # RTN_UNICAST
