@@ -503,8 +503,8 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
     current = link.addresses()
     to_remove, to_add = plan_addresses(list(current), add, remove)
     after = [a for a in current if a not in to_remove] + to_add
-    routes = [(4, s) for s in plan_gateway(4, gateway4, link.gateways(4))]
-    routes += [(6, s) for s in plan_gateway(6, gateway6, link.gateways(6))]
+    routes = [(4, s) for s in plan_gateway(4, gateway4, link.gateways(4) if gateway4 else [])]
+    routes += [(6, s) for s in plan_gateway(6, gateway6, link.gateways(6) if gateway6 else [])]
     promote = bool(to_remove) and _loses_secondaries(current, to_remove)
 
     texts = []
