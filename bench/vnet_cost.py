@@ -35,7 +35,7 @@ from pyroute2 import NetNS  # noqa: E402  pylint: disable=wrong-import-position
 def timed(func, n):
     """Median milliseconds of ``func()`` over ``n`` runs."""
     samples = []
-    for _ in range(n):
+    for _run in range(n):
         start = time.perf_counter()
         func()
         samples.append((time.perf_counter() - start) * 1000)

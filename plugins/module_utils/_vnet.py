@@ -499,12 +499,34 @@ def apply_addresses(pid, ifname, add=(), remove=(), gateway4=None, gateway6=None
         ipr.close()
 
 
+def _route_steps(version, change, gateways, kept):
+    """Default-route steps of one family against ``gateways`` (what the kernel has now).
+
+    ``kept``: the gateways to put back when ``change`` is None (leave the route alone) but the
+    address steps dropped the route - the kernel deletes every IPv4 route through a device that
+    loses its last IPv4 address.
+    """
+    if change is None:
+        return [('replace', g) for g in kept if g not in gateways]
+    return plan_gateway(version, change, gateways)
+
+
+def _route_text(op, gw, ifname):
+    return ('set default route via %s on %s' if op == 'replace' else 'remove default route via %s from %s') \
+        % (gw, ifname)
+
+
 def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
     current = link.addresses()
     to_remove, to_add = plan_addresses(list(current), add, remove)
     after = [a for a in current if a not in to_remove] + to_add
-    routes = [(4, s) for s in plan_gateway(4, gateway4, link.gateways(4) if gateway4 else [])]
-    routes += [(6, s) for s in plan_gateway(6, gateway6, link.gateways(6) if gateway6 else [])]
+    before_gw = {4: link.gateways(4), 6: link.gateways(6)}
+    changes = {4: gateway4, 6: gateway6}
+    current4 = [a for a in current if ':' not in a]
+    flushed4 = bool(current4) and all(a in to_remove for a in current4)
+    kept = {4: before_gw[4] if flushed4 else [], 6: []}
+    predicted = {4: [] if flushed4 else before_gw[4], 6: before_gw[6]}
+    routes = [(v, step) for v in (4, 6) for step in _route_steps(v, changes[v], predicted[v], kept[v])]
     promote = bool(to_remove) and _loses_secondaries(current, to_remove)
 
     texts = []
@@ -512,11 +534,8 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
         texts.append('enable promote_secondaries on %s' % link.ifname)
     texts += ['remove %s from %s' % (a, link.ifname) for a in to_remove]
     texts += ['add %s to %s' % (a, link.ifname) for a in to_add]
-    for _version, (op, gw) in routes:
-        texts.append(('set default route via %s on %s' if op == 'replace'
-                      else 'remove default route via %s from %s') % (gw, link.ifname))
-    if check_only or not texts:
-        return texts
+    if check_only or not (texts or routes):
+        return texts + [_route_text(op, gw, link.ifname) for _v, (op, gw) in routes]
 
     undo = []
     try:
@@ -528,14 +547,15 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
         for cidr in to_add:
             _step(link, 'add %s' % cidr, link.add, cidr)
             undo.append((link.remove, cidr))
-        for version, (op, gw) in routes:
-            old = link.gateways(version)
-            if op == 'replace':
-                _step(link, 'set default route via %s' % gw, link.set_default, gw, after)
-            elif ipaddress.ip_address(gw) in [ipaddress.ip_address(g) for g in old]:
-                # a replace just before may have taken the old route's place already
-                _step(link, 'remove default route via %s' % gw, link.delete_default, gw)
-            undo.append((_restore_default, link, version, old, list(current)))
+        # Routes are planned again against what the kernel has after the address steps.
+        for version in (4, 6):
+            for op, gw in _route_steps(version, changes[version], link.gateways(version), kept[version]):
+                if op == 'replace':
+                    _step(link, 'set default route via %s' % gw, link.set_default, gw, after)
+                elif gw in link.gateways(version):
+                    # a replace just before may have taken the old route's place already
+                    _step(link, 'remove default route via %s' % gw, link.delete_default, gw)
+                texts.append(_route_text(op, gw, link.ifname))
         texts = _wait_dad(link, to_add, texts, dad_wait)
     except VnetError:
         for func, *args in reversed(undo):
@@ -543,6 +563,11 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
                 func(*args)
             except (NetlinkError, VnetError, OSError):
                 pass  # best effort: the error raised names the step that failed first
+        for version in (4, 6):
+            try:
+                _restore_default(link, version, before_gw[version], list(current))
+            except (NetlinkError, VnetError, OSError):
+                pass
         raise
     return texts
 
@@ -561,7 +586,8 @@ def _restore_default(link, version, old, addresses):
         if gw not in old:
             link.delete_default(gw)
     for gw in old:
-        link.set_default(gw, addresses)
+        if gw not in link.gateways(version):
+            link.set_default(gw, addresses)
 
 
 def _wait_dad(link, added, texts, dad_wait):

@@ -114,6 +114,15 @@ def test_add_remove_gateways_idempotent(pair):
     assert addresses(view, "eth0") == [pair.v4(3)]
     assert defaults(view, "eth0") == [(gateways["gateway4"][1], 0)]
 
+    # renumbering: removing the last IPv4 address makes the kernel drop the default route; it is
+    # put back, whether the gateway is left alone (None) or named unchanged
+    gw4 = gateways["gateway4"][1]
+    for new, old, gateway4 in ((pair.v4(4), pair.v4(3), None), (pair.v4(5), pair.v4(4), [gw4, gw4])):
+        expected = ["remove %s from eth0" % old, "add %s to eth0" % new, "set default route via %s on eth0" % gw4]
+        assert pair.apply(add=[new], remove=[old], gateway4=gateway4, check_only=True)["result"] == expected
+        assert pair.apply(add=[new], remove=[old], gateway4=gateway4)["result"] == expected
+        assert pair.summary() == ([new], [(gw4, 0)])
+
 
 def test_routed_mode_with_host_routes(pair):
     """A /32 and /128 in the VE, default routes via 169.254.0.1 onlink and fe80::1, host routes to
@@ -160,14 +169,17 @@ def test_counters_are_the_ves_view(pair):
 
 
 def test_failure_rolls_back_and_names_pid_interface_and_error(pair):
-    pair.apply(add=[pair.v4(2)])
-    before = pair.view()
+    gw4 = pair.v4(1).split("/")[0]
+    pair.apply(add=[pair.v4(2)], gateway4=[None, gw4])
+    before = pair.summary()
+    assert before == ([pair.v4(2)], [(gw4, 0)])
     pair.ve.ns("sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1")
     failed = pair.apply(add=[pair.v4(7), pair.v6(7)], remove=[pair.v4(2)])
     assert failed["type"] == "VnetError"
     assert "VE pid %d" % pair.ve.pid in failed["error"] and "eth0" in failed["error"]
     assert pair.v6(7) in failed["error"] and "errno" in failed["error"], failed
-    assert addresses(pair.view(), "eth0") == addresses(before, "eth0") == [pair.v4(2)]
+    # the address is back, and the default route the kernel dropped with it too
+    assert pair.summary() == before
 
     missing = pair.apply(add=[pair.v4(7)], remove=[])
     assert missing.get("result") == ["add %s to eth0" % pair.v4(7)]

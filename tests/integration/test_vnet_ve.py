@@ -86,8 +86,8 @@ def store(vz_root, cgroup_parent, built_template, run_playbook):
 
 
 def _info(store, name, check=False):
-    run = store.run(play([{"name": "info", "osvirt.vz.ve_info": {"vz_root": str(store.root), "name": [name],
-                                                                  "usage": False}}]), check=check)
+    options = {"vz_root": str(store.root), "name": [name], "usage": False}
+    run = store.run(play([{"name": "info", "osvirt.vz.ve_info": options}]), check=check)
     res = run.task("info")
     assert res["changed"] is False
     return res["ves"][0]
