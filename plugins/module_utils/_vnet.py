@@ -41,6 +41,7 @@ import socket
 import time
 import traceback
 
+from . import _validate
 from ._errors import VzError
 
 try:
@@ -361,7 +362,8 @@ def address_state(pid, ifname, address):
     """``'ok'``, ``'tentative'`` (IPv6 duplicate address detection still running), ``'dadfailed'``
     (another node on the link has it) or None (not on ``ifname``) for ``address`` (with or
     without prefix length) inside the VE of ``pid``."""
-    ip = ipaddress.ip_interface(address).ip
+    _validate.ifname(ifname, 'interface name inside the VE')
+    ip = parse_gateway(str(address).split('/', 1)[0], 'address')
     ipr = _ve_socket(pid)
     try:
         index = _link_index(ipr, ifname)
@@ -485,6 +487,7 @@ def apply_addresses(pid, ifname, add=(), remove=(), gateway4=None, gateway6=None
     ``check_only`` reads the VE and returns the actions without changing anything.
     """
     # Bad input fails before the VE is touched (and also when it is not running).
+    _validate.ifname(ifname, 'interface name inside the VE')
     plan_addresses([], add or (), remove or ())
     plan_gateway(4, gateway4, [])
     plan_gateway(6, gateway6, [])
@@ -631,6 +634,7 @@ def link_stats(host_link, ipr=None):
     them**: ``tx_bytes``/``tx_packets`` = what the VE sent, ``rx_bytes``/``rx_packets`` = what it
     received, ``state`` = operstate of the host side. None when the link does not exist (VE
     stopped). ``ipr``: an open host ``IPRoute`` to reuse (not closed here)."""
+    _validate.ifname(host_link, 'host link name')
     own = ipr is None
     if own:
         ipr = _host_socket()
@@ -654,6 +658,7 @@ def host_routes(host_link, add=(), remove=()):
     length) that send a routed VE's addresses to its host link ``host_link``. Idempotent; returns
     the actions. A route of the same address through another link is an error (that address is
     another VE's). On failure the routes already added are removed again."""
+    _validate.ifname(host_link, 'host link name')
     wanted = [_host_ip(a) for a in add or ()]
     unwanted = [_host_ip(a) for a in remove or ()]
     ipr = _host_socket()

@@ -156,3 +156,13 @@ def test_bad_pid_refused_before_any_netlink(monkeypatch):
     for pid in (0, 1, -5, True, "12"):
         with pytest.raises(VzError, match="invalid VE pid"):
             _vnet._ve_socket(pid)
+
+
+def test_names_validated_before_anything(monkeypatch):
+    monkeypatch.setattr(_vnet, "HAS_PYROUTE2", True)
+    with pytest.raises(VzError, match="interface name inside the VE"):
+        _vnet.apply_addresses(4242, "../../x", add=["10.20.0.6/24"])
+    with pytest.raises(VzError, match="host link name"):
+        _vnet.host_routes("a/b", add=["10.20.0.6"])
+    with pytest.raises(VzError, match="host link name"):
+        _vnet.link_stats("x" * 16)
