@@ -13,12 +13,13 @@ mechanism than the setns'd socket under test.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
 import pytest
 
-from vnetlib import Sleeper, addresses, defaults, netns_view, vnet
+from vnetlib import COLLECTIONS, HOST_PYTHON, Sleeper, addresses, defaults, netns_view, vnet
 from vzlib import sh
 
 RTNH_F_ONLINK = 4
@@ -204,3 +205,61 @@ def test_duplicate_ipv6_fails_dad_and_is_removed(pair):
     failed = pair.apply(add=[pair.v4(2), dup])
     assert failed["type"] == "VnetError" and "duplicate address detection" in failed["error"], failed
     assert addresses(pair.view(), "eth0") == []
+
+
+_THREADS = r"""
+import json, os, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.osvirt.vz.plugins.module_utils import _vnet
+jobs = json.loads(sys.argv[2])
+home = os.readlink("/proc/self/ns/net")
+seen, stop = set(), threading.Event()
+
+def watch():
+    while not stop.is_set():
+        seen.add(os.readlink("/proc/thread-self/ns/net"))
+
+def job(item):
+    pid, address = item
+    actions = _vnet.apply_addresses(pid, "eth0", add=[address])
+    return actions, os.readlink("/proc/thread-self/ns/net")
+
+watcher = threading.Thread(target=watch)
+watcher.start()
+with ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(job, [tuple(j) for j in jobs] * 3))
+stop.set()
+watcher.join()
+print(json.dumps({"results": results, "home": home, "seen": sorted(seen),
+                  "main_after": os.readlink("/proc/thread-self/ns/net")}))
+"""
+
+
+def test_threads_enter_only_their_own_ves():
+    """setns changes only the calling thread: four threads change four VEs at once while another
+    thread of the same process never leaves the "host" namespace."""
+    host = Sleeper()
+    ves = []
+    try:
+        net = secrets.randbelow(250) + 1
+        for index in range(4):
+            ve = Sleeper()
+            ves.append(ve)
+            sh("ip", "link", "add", "name", "vzt%s%d" % (secrets.token_hex(3), index), "netns", str(host.pid),
+               "type", "veth", "peer", "name", "eth0", "netns", str(ve.pid))
+            ve.ns("ip", "link", "set", "eth0", "up")
+        jobs = [[ve.pid, "10.98.%d.%d/24" % (net, 10 + i)] for i, ve in enumerate(ves)]
+        out = json.loads(host.ns(HOST_PYTHON, "-c", _THREADS, COLLECTIONS, json.dumps(jobs)).stdout)
+        assert out["seen"] == [out["home"]] and out["main_after"] == out["home"]
+        # every call ran in a thread that was back home; each address went once into its own VE
+        assert all(thread_ns == out["home"] for _actions, thread_ns in out["results"])
+        assert sorted(a for actions, _ns in out["results"] for a in actions) == \
+            sorted("add %s to eth0" % address for _pid, address in jobs)
+        for ve, (_pid, address) in zip(ves, jobs):
+            assert addresses(netns_view(ve.pid), "eth0") == [address]
+        assert not [a for a in netns_view(host.pid)["addrs"] if a["cidr"].startswith("10.98.")]
+    finally:
+        for ve in ves:
+            ve.kill()
+        host.kill()

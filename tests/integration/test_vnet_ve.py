@@ -146,6 +146,11 @@ def test_live_address_while_connection_stays_up(store):
         assert int(sh("lxc-info", "-P", str(store.ves), "-n", name, "-pH").stdout) == pid
         conn.sock.close()
 
+        # a frozen VE's namespace is read the same way (netlink needs none of its processes)
+        store.run(play([store.task("freeze", name=name, state="frozen")]))
+        frozen = _info(store, name)
+        assert frozen["state"] == "frozen" and frozen["interfaces"][0]["live"]["ipv4"] == [first + "/24"]
+
         # a stopped VE: configuration only, live fields null
         store.run(play([store.task("stop", name=name, state="stopped")]))
         stopped = _info(store, name)["interfaces"][0]
