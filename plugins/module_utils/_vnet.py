@@ -40,6 +40,7 @@ import os
 import socket
 import time
 import traceback
+from contextlib import contextmanager
 
 from . import _validate
 from ._errors import VzError
@@ -232,39 +233,56 @@ def _setns(fd):
         raise OSError(err, os.strerror(err))
 
 
-def _ve_socket(pid):
-    """A pyroute2 ``IPRoute`` whose socket lives in the network namespace of process ``pid``.
+class NamespaceStuck(Exception):
+    """This thread could not return to its own network namespace after a step inside a VE. Never
+    caught here: going on would make host changes inside the VE."""
 
-    Refuses a process that shares the host's namespace (a VE without its own network namespace
+
+@contextmanager
+def _inside(pid):
+    """Run the body with this thread in the network namespace of process ``pid``, and bring the
+    thread back afterwards whatever happens.
+
+    Refuses a process that shares this thread's namespace (a VE without a namespace of its own
     must never get its addresses put on the host).
     """
-    require_pyroute2()
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
         raise VnetError('invalid VE pid %r' % (pid,))
-    path = '/proc/%d/ns/net' % pid
-    own_path = '/proc/thread-self/ns/net'
     try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open('/proc/%d/ns/net' % pid, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise VnetError('cannot enter the network namespace of VE pid %d: %s (is the VE running?)'
                         % (pid, exc.strerror)) from None
-    own = os.open(own_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if os.fstat(target).st_ino == os.fstat(own).st_ino:
-            raise VnetError('VE pid %d shares the host\'s network namespace; refusing to change it' % pid)
+        own = os.open('/proc/thread-self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target)
-        except OSError as exc:
-            raise VnetError('cannot enter the network namespace of VE pid %d: %s' % (pid, exc.strerror)) from None
-        try:
-            return IPRoute()
+            if os.fstat(target).st_ino == os.fstat(own).st_ino:
+                raise VnetError("VE pid %d shares the host's network namespace; refusing to change it" % pid)
+            try:
+                _setns(target)
+            except OSError as exc:
+                raise VnetError('cannot enter the network namespace of VE pid %d: %s'
+                                % (pid, exc.strerror)) from None
+            try:
+                yield
+            finally:
+                try:
+                    _setns(own)
+                except OSError as exc:
+                    raise NamespaceStuck('could not return from the network namespace of VE pid %d: %s'
+                                         % (pid, exc.strerror)) from None
         finally:
-            # Back to our own namespace before anything else runs in this thread; failing here
-            # would leave the module inside the VE, so it is fatal.
-            _setns(own)
+            os.close(own)
     finally:
         os.close(target)
-        os.close(own)
+
+
+def _ve_socket(pid):
+    """A pyroute2 ``IPRoute`` whose socket lives in the network namespace of process ``pid``
+    (created while this thread is inside it; used from anywhere afterwards)."""
+    require_pyroute2()
+    with _inside(pid):
+        return IPRoute()
 
 
 def _host_socket():
@@ -437,23 +455,18 @@ class _VeLink:
         was off. Without it, removing the first (primary) IPv4 address of a subnet also removes
         every other address of that subnet. The sysctl is written while this thread is in the
         VE's namespace (/proc/sys/net follows the namespace of the thread that opens it)."""
-        own = os.open('/proc/thread-self/ns/net', os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open('/proc/%d/ns/net' % self.pid, os.O_RDONLY | os.O_CLOEXEC)
         path = '/proc/sys/net/ipv4/conf/%s/promote_secondaries' % self.ifname
         try:
-            _setns(target)
-            try:
+            with _inside(self.pid):
                 with open(path, 'r+', encoding='ascii') as handle:
                     if handle.read().strip() == '1':
                         return False
                     handle.seek(0)
                     handle.write('1\n')
                 return True
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-            os.close(own)
+        except OSError as exc:
+            raise VnetError('VE pid %d, interface %s: could not enable promote_secondaries: %s'
+                            % (self.pid, self.ifname, exc.strerror or exc)) from None
 
 
 def _loses_secondaries(current, to_remove):
