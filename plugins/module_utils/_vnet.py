@@ -70,6 +70,7 @@ IFA_F_TENTATIVE = 0x40
 RTNH_F_ONLINK = 0x04
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
 RT_SCOPE_UNIVERSE = 0
 RTPROT_STATIC = 4
 IFF_LOOPBACK = 0x8
@@ -448,7 +449,8 @@ class _VeLink:
         """Delete the default route via ``gateway`` on this link."""
         gw = ipaddress.ip_address(gateway)
         family = socket.AF_INET if gw.version == 4 else socket.AF_INET6
-        self.ipr.route('del', family=family, dst_len=0, gateway=str(gw), oif=self.index, table=RT_TABLE_MAIN)
+        self.ipr.route('del', family=family, dst_len=0, gateway=str(gw), oif=self.index, table=RT_TABLE_MAIN,
+                       scope=RT_SCOPE_NOWHERE)
 
     def promote_secondaries(self):
         """Turn on ``promote_secondaries`` of this interface inside the VE; returns True when it
@@ -684,7 +686,7 @@ def host_routes(host_link, add=(), remove=()):
             for ip in unwanted:
                 oif = _host_route_oif(ipr, ip)
                 if oif == index:
-                    ipr.route('del', **_host_route_args(ip, index))
+                    ipr.route('del', **_host_route_args(ip, index, delete=True))
                     actions.append('remove route %s/%d dev %s' % (ip, ip.max_prefixlen, host_link))
             for ip in wanted:
                 oif = _host_route_oif(ipr, ip)
@@ -700,7 +702,7 @@ def host_routes(host_link, add=(), remove=()):
         except NetlinkError as exc:
             for ip in done:
                 try:
-                    ipr.route('del', **_host_route_args(ip, index))
+                    ipr.route('del', **_host_route_args(ip, index, delete=True))
                 except NetlinkError:
                     pass
             raise VnetError('host link %s: could not change the route of %s: %s'
@@ -717,10 +719,17 @@ def _host_ip(value):
                            'host route address').ip
 
 
-def _host_route_args(ip, index):
-    return {'family': socket.AF_INET if ip.version == 4 else socket.AF_INET6, 'dst': str(ip),
-            'dst_len': ip.max_prefixlen, 'oif': index, 'table': RT_TABLE_MAIN,
-            'proto': RTPROT_STATIC, 'scope': RT_SCOPE_LINK}
+def _host_route_args(ip, index, delete=False):
+    """Netlink arguments of the host route of ``ip`` through link ``index``. A deletion names no
+    protocol and the scope "nowhere" (any), like ``ip route del``: otherwise the kernel spares a
+    route of another protocol or scope, such as the one LXC's router mode made at start."""
+    args = {'family': socket.AF_INET if ip.version == 4 else socket.AF_INET6, 'dst': str(ip),
+            'dst_len': ip.max_prefixlen, 'oif': index, 'table': RT_TABLE_MAIN}
+    if delete:
+        args['scope'] = RT_SCOPE_NOWHERE
+    else:
+        args.update(proto=RTPROT_STATIC, scope=RT_SCOPE_LINK)
+    return args
 
 
 def _host_route_oif(ipr, ip):

@@ -154,6 +154,12 @@ def test_routed_mode_with_host_routes(pair):
         "remove route %s dev %s" % (ve4, pair.link), "remove route %s dev %s" % (ve6, pair.link)]
     assert pair.call("host_routes", pair.link, remove=[ve4, ve6])["result"] == []
 
+    # routes LXC's router mode makes at start (proto boot) count as there, and go on removal
+    pair.host.ns("ip", "route", "add", ve4, "dev", pair.link, "proto", "boot")
+    assert pair.call("host_routes", pair.link, add=[ve4])["result"] == []
+    assert pair.call("host_routes", pair.link, remove=[ve4])["result"] == ["remove route %s dev %s" % (ve4, pair.link)]
+    assert ve4 not in {r["dst"] for r in netns_view(pair.host.pid)["routes"]}
+
 
 def test_counters_are_the_ves_view(pair):
     pair.apply(add=[pair.v4(2)])
