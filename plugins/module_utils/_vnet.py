@@ -560,11 +560,11 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
         if promote:
             link.promote_secondaries()  # kept on rollback: it only ever keeps addresses alive
         for cidr in to_remove:
-            _step(link, 'remove %s' % cidr, link.remove, cidr)
-            undo.append((link.add, cidr))
+            if _step(link, 'remove %s' % cidr, link.remove, cidr):
+                undo.append((link.add, cidr))
         for cidr in to_add:
-            _step(link, 'add %s' % cidr, link.add, cidr)
-            undo.append((link.remove, cidr))
+            if _step(link, 'add %s' % cidr, link.add, cidr):
+                undo.append((link.remove, cidr))
         # Routes are planned again against what the kernel has after the address steps.
         for version in (4, 6):
             for op, gw in _route_steps(version, changes[version], link.gateways(version), kept[version]):
@@ -591,11 +591,17 @@ def _apply(link, add, remove, gateway4, gateway6, check_only, dad_wait):
 
 
 def _step(link, action, func, *args):
+    """Run one change; True when it was made, False when another actor made it meanwhile (the
+    address is already gone, or already there with this prefix length): nothing to undo then."""
     try:
         func(*args)
+        return True
     except NetlinkError as exc:
-        if action.startswith('remove ') and getattr(exc, 'code', None) == errno.EADDRNOTAVAIL:
-            return  # gone meanwhile: what we wanted
+        code = getattr(exc, 'code', None)
+        if action.startswith('remove ') and code == errno.EADDRNOTAVAIL:
+            return False
+        if action.startswith('add ') and code == errno.EEXIST and args and args[0] in link.addresses():
+            return False
         raise link.fail(action, exc) from None
 
 
