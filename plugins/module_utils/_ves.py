@@ -1308,6 +1308,9 @@ class VeManager:
             view.update({'template_name': tname, 'template_version': version or None,
                          'layers': meta.get('layers') or [], 'network': meta.get('network') or [],
                          'mounts': meta.get('mounts') or [], 'cgroup_parent': meta.get('cgroup_parent')})
+            view['interfaces'] = _vnet().describe_interfaces(
+                meta['network'], entry['pid'] if entry['state'] in ('running', 'frozen') else None) \
+                if meta.get('network') else []
             if usage:
                 view['memory_bytes'] = (self.cgroups.memory_usage(meta.get('cgroup_parent') or
                                                                   self.host.cgroup_parent, name)
