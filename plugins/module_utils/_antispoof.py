@@ -29,8 +29,8 @@ that names the reason:
 - IPv4 from a source not in the VE's list;
 - IPv6 from a source that is not one of its addresses, its EUI-64 link-local address (derived
   from the hwaddr, as the kernel makes it) or the unspecified address (DAD and MLD only);
-- neighbour advertisements whose target is not one of those addresses (a raw match on the
-  ND target field, as nftables 1.0 has no expression for it);
+- neighbour advertisements whose target is not one of those addresses (a raw match of the
+  ND target field against a set, as nftables 1.0 has no expression for it);
 - router advertisements and ICMP/ICMPv6 redirects, and DHCP/DHCPv6 server or relay traffic
   (UDP source port 67 or 547).
 
@@ -46,8 +46,11 @@ import re
 
 try:
     from . import _nft
-except ImportError:  # loaded by the LXC hook as a plain module, outside the collection
-    import osvirt_vz_nft as _nft  # type: ignore[no-redef]
+except ImportError:  # loaded as a plain module, outside the collection
+    try:
+        import osvirt_vz_nft as _nft  # type: ignore[no-redef]   # the LXC hook's copies
+    except ImportError:
+        import _nft  # type: ignore[no-redef]   # plugins/module_utils on sys.path (bench/)
 
 try:
     from ._errors import VzError
@@ -172,8 +175,9 @@ def rules(hwaddr, ipv4, ipv6):
         'ip6 saddr :: meta l4proto != ipv6-icmp %s' % _drop('IPv6 from :: is not ICMPv6'),
         'icmpv6 type { nd-router-advert, nd-redirect } %s' % _drop('router advertisement or redirect'),
         # the target of a neighbour advertisement: 16 bytes after type, code, checksum, flags
-        'icmpv6 type nd-neighbor-advert %s %s' % (
-            ' '.join('@th,64,128 != 0x%032x' % int(address) for address in own6),
+        # (an anonymous set of raw 128-bit values: one hashed lookup, however many addresses)
+        'icmpv6 type nd-neighbor-advert @th,64,128 != %s %s' % (
+            _set('0x%032x' % int(address) for address in own6),
             _drop('neighbour advertisement target is not a VE address')),
         'udp sport { %s } %s' % (', '.join(str(port) for port in DHCP_SERVER_PORTS),
                                  _drop('DHCP or DHCPv6 server traffic')),

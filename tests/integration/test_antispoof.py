@@ -303,6 +303,15 @@ def test_check_mode_changes_nothing(lab):
     assert lab.ensure("a") is False      # the check above left the applied chain as it was
 
 
+def test_many_addresses_fit_one_chain(lab):
+    """Addresses live in sets: 200 of each family is still one short chain the kernel takes."""
+    ipv4 = [lab.ip4["a"] + "/24"] + ["10.99.%d.%d/24" % (lab.net, i) for i in range(10, 210)]
+    ipv6 = [lab.ip6["a"] + "/64"] + ["fd00:99:%d::%x/64" % (lab.net, i) for i in range(0x10, 0x10 + 200)]
+    assert lab.ensure("a", ipv4=ipv4, ipv6=ipv6) is True
+    assert lab.ensure("a", ipv4=list(reversed(ipv4)), ipv6=ipv6) is False
+    assert lab.wait_ping("a", lab.ip4["host"])
+
+
 def test_forged_frames_do_not_reach_the_other_ve(lab):
     """Frames that VE a's root could send with a packet socket, each checked at VE b. Each frame
     carries a marker made from its description (``marker``)."""

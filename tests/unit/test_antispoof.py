@@ -65,10 +65,19 @@ def test_ipv6_sources_are_the_ves_addresses_its_link_local_and_dad():
 def test_neighbour_advertisement_targets_are_matched_raw():
     rules = _antispoof.rules(MAC, [], ['fd00:99::2/64'])
     rule = rule_with(rules, 'nd-neighbor-advert')
-    targets = [int(part.split()[0], 16) for part in rule.split('@th,64,128 != ')[1:]]
-    assert [ipaddress.IPv6Address(t) for t in targets] == [ipaddress.IPv6Address('fd00:99::2'),
-                                                           ipaddress.IPv6Address(LINK_LOCAL)]
-    assert all(len(part.split()[0]) == 34 for part in rule.split('@th,64,128 != ')[1:])   # 0x + 32 digits
+    assert rule.startswith('icmpv6 type nd-neighbor-advert @th,64,128 != { 0x')
+    targets = rule.split('{ ', 1)[1].split(' }', 1)[0].split(', ')
+    assert [ipaddress.IPv6Address(int(t, 16)) for t in targets] == [ipaddress.IPv6Address('fd00:99::2'),
+                                                                    ipaddress.IPv6Address(LINK_LOCAL)]
+    assert all(len(t) == 34 for t in targets)   # 0x + 32 digits: the field's full 128 bits
+
+
+def test_many_addresses_stay_in_sets():
+    """A rule holds at most 128 expressions: addresses go into sets, never one compare each."""
+    rules = _antispoof.rules(MAC, ['10.99.1.%d' % i for i in range(1, 201)],
+                             ['fd00:99::%x' % i for i in range(1, 201)])
+    assert all(rule.count('!=') <= 1 for rule in rules)
+    assert rule_with(rules, 'nd-neighbor-advert').count('0x') == 201
 
 
 def test_router_advertisements_redirects_and_dhcp_servers_are_dropped():
