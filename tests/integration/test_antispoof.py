@@ -34,7 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from vzlib import sh
+# The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
+from test_ve import BRIDGE, GATEWAY, bridge, ctx  # noqa: F401 pylint: disable=unused-import
+from vzlib import ping, sh
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_UTILS = REPO / "plugins" / "module_utils"
@@ -502,3 +504,49 @@ def test_host_role_installs_the_guard_next_to_the_hook(run_playbook, localhost):
     # the installed copies load on their own, as the hook loads them
     code = "import sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; print(a._nft.__name__)" % str(installed)
     assert sh(HOST_PYTHON, "-c", code).stdout.strip() == "osvirt_vz_nft"
+
+
+def test_a_real_ve_started_through_the_hook_cannot_spoof(ctx, tmp_path):
+    """A busybox VE on the machine's vzbr0 (10.20.0.251; 10.20.0.252 is the address it takes
+    behind the host's back), started by lxc-start with the hook named in its config, as
+    lxc-autostart would: the filter is on before its init runs."""
+    hook_dir = tmp_path / "libexec"
+    hook_dir.mkdir()
+    for dest, src in INSTALLED.items():
+        shutil.copy2(src, hook_dir / dest)
+    name = ctx.name("guard")
+    net = [{"name": "eth0", "bridge": BRIDGE, "ipv4": ["10.20.0.251/24"], "gateway4": GATEWAY}]
+    ctx.run([{"hosts": "localhost", "gather_facts": False,
+              "tasks": [ctx.task("create", name=name, template="busybox", state="present", network=net)]}])
+    directory = ctx.ves / name
+    iface = json.loads((directory / "ve.json").read_text())["network"][0]
+    link = iface["host_link"]
+    config = (directory / "config").read_text()
+    if "lxc.hook.start-host" not in config:
+        config += "lxc.hook.start-host = %s\nlxc.hook.post-stop = %s\n" % (hook_dir / "net-hook", hook_dir / "net-hook")
+    else:   # the VE manager already names the installed hook: point it at this test's copy
+        config = config.replace("/usr/libexec/osvirt-vz/net-hook", str(hook_dir / "net-hook"))
+    (directory / "config").write_text(config)
+
+    def guard(func, *args):
+        code = "import json, sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; " \
+               "print(json.dumps(getattr(a, sys.argv[1])(*json.loads(sys.argv[2]))))" % str(hook_dir)
+        return json.loads(sh(HOST_PYTHON, "-c", code, func, json.dumps(list(args))).stdout)
+
+    try:
+        started = sh("lxc-start", "-P", str(ctx.ves), "-n", name, check=False, timeout=60)
+        assert started.returncode == 0, started.stderr + (directory / "lxc.log").read_text()
+        state = guard("read_filter", link)
+        assert state["active"] and state["digest"] == guard(
+            "expected_digest", link, iface["hwaddr"], iface.get("ipv4") or [], iface.get("ipv6") or []), state
+        assert ping("10.20.0.251")
+        assert ctx.attach(name, "ping", "-c", "1", "-W", "2", GATEWAY, check=False).returncode == 0
+        ctx.attach(name, "ip", "addr", "add", "10.20.0.252/24", "dev", "eth0")
+        spoofed = ctx.attach(name, "ping", "-c", "2", "-W", "1", "-I", "10.20.0.252", GATEWAY, check=False)
+        assert spoofed.returncode != 0, spoofed.stdout
+        dropped = guard("read_filter", link)["dropped"]
+        assert sum(dropped.values()) >= 2, dropped
+        assert ctx.attach(name, "ping", "-c", "1", "-W", "2", GATEWAY, check=False).returncode == 0
+    finally:
+        sh("lxc-stop", "-k", "-P", str(ctx.ves), "-n", name, check=False)
+        guard("remove_filter", link)

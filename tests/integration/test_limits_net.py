@@ -159,6 +159,9 @@ def shaped_ve(ctx, tmp_path):
     hook_dir.mkdir()
     shutil.copy2(HOOK, hook_dir / "net-hook")
     shutil.copy2(SHAPING_PY, hook_dir / "osvirt_vz_shaping.py")
+    # the hook guards every VE interface first (docs/net-security.md)
+    shutil.copy2(SHAPING_PY.parent / "_antispoof.py", hook_dir / "osvirt_vz_antispoof.py")
+    shutil.copy2(SHAPING_PY.parent / "_nft.py", hook_dir / "osvirt_vz_nft.py")
     name = ctx.name("net")
     net = [{"name": "eth0", "bridge": BRIDGE, "ipv4": ["10.20.0.190/24"], "gateway4": GATEWAY}]
     ctx.run([{"hosts": "localhost", "gather_facts": False,
@@ -180,6 +183,8 @@ def shaped_ve(ctx, tmp_path):
     finally:
         sh("lxc-stop", "-k", "-P", str(ctx.ves), "-n", name, check=False)
         shaping("clear_shaping", link)
+        sh(HOST_PYTHON, "-c", "import sys; sys.path.insert(0, %r); import _antispoof; _antispoof.remove_filter(%r)"
+           % (str(SHAPING_PY.parent), link))
 
 
 def lxc_start(ctx, name):
