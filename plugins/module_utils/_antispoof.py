@@ -202,7 +202,7 @@ def ensure_filter(host_link, hwaddr, ipv4, ipv6, check_only=False):
 
 
 def remove_filter(host_link, check_only=False):
-    """Remove the chain of ``host_link`` (and the table with its last chain); True if there was one."""
+    """Remove the chain of ``host_link``; True if there was one (the table stays, see _nft)."""
     try:
         return _nft.delete_chain(FAMILY, TABLE, chain_name(host_link), check_only=check_only)
     except _nft.NftError as exc:

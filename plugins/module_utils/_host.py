@@ -7,6 +7,7 @@ PRIVATE: this file is internal to the osvirt.vz collection and may change at any
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import namedtuple
 
@@ -39,6 +40,9 @@ class Host:
         self.overcommit = settings.get('overcommit', 1.0)
         # bits/s the VEs of this host may send together (the shaping tree's root); None: the default
         self.net_capacity = settings.get('net_capacity')
+        # pools of routed VE interfaces (``ipv4: auto`` in routed mode); None: no pool
+        self.routed_pool4 = host_pool(settings.get('routed_pool4'), 4, 'routed_pool4 in %s/host.json' % self.vz_root)
+        self.routed_pool6 = host_pool(settings.get('routed_pool6'), 6, 'routed_pool6 in %s/host.json' % self.vz_root)
         self.subuid_file = subuid_file
         self.subgid_file = subgid_file
         self.user = user
@@ -63,6 +67,21 @@ class Host:
 
     def ve_dir(self, name):
         return os.path.join(self.ves_dir, _validate.ve_name(name))
+
+    @property
+    def net_dir(self):
+        return os.path.join(self.vz_root, 'net')
+
+    def bridge_settings(self, name):
+        """The settings osvirt.vz.bridge recorded for bridge ``name`` ({} when it wrote none).
+
+        Keys: name, ipv4, ipv6 (the bridge's addresses), pool4, pool6 (CIDR or None), nat, uplink.
+        """
+        path = bridge_settings_path(self.vz_root, name)
+        settings = read_json(path, {})
+        if not isinstance(settings, dict):
+            raise VzError('%s must hold a JSON object' % path)
+        return settings
 
     def ensure_layout(self):
         """Create the data root and its directories if missing (the host role normally does)."""
@@ -117,6 +136,27 @@ class Host:
     @staticmethod
     def bridge_exists(name):
         return os.path.isdir('/sys/class/net/%s/bridge' % name)
+
+
+def bridge_settings_path(vz_root, name):
+    """Where osvirt.vz.bridge records a bridge's addresses, pools and NAT: <vz_root>/net/bridges/<name>.json."""
+    return os.path.join(vz_root, 'net', 'bridges', _validate.ifname(name, 'bridge name') + '.json')
+
+
+def host_pool(value, family, what):
+    """Return ``value`` as a canonical CIDR network of IPv``family`` (None stays None); raise VzError."""
+    if value is None:
+        return None
+    example = '10.30.0.0/24' if family == 4 else 'fd00:30::/64'
+    try:
+        if not isinstance(value, str) or '/' not in value:
+            raise ValueError('a network with a prefix length is needed')
+        net = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise VzError('%s %r is not an IPv%d network like %s: %s' % (what, value, family, example, exc))
+    if net.version != family:
+        raise VzError('%s %s is not an IPv%d network like %s' % (what, value, family, example))
+    return str(net)
 
 
 def _subid_base(path, user):

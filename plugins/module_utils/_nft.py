@@ -149,13 +149,13 @@ def chain_digest(family, table, chain):
 
 
 def delete_chain(family, table, chain, check_only=False):
-    """Delete ``chain`` if it exists; return True if it did. A table left empty is deleted too."""
-    found = chains(family, table)
-    if chain not in found:
+    """Delete ``chain`` if it exists; return True if it did.
+
+    The table stays, even when empty: deleting it would race with another process adding a
+    chain to it between our listing and the delete, and an empty table costs nothing.
+    """
+    if chain not in chains(family, table):
         return False
     if not check_only:
-        script = 'delete chain %s %s %s\n' % (family, table, chain)
-        if set(found) == {chain}:
-            script = 'delete table %s %s\n' % (family, table)
-        apply(script)
+        apply('delete chain %s %s %s\n' % (family, table, chain))
     return True

@@ -104,6 +104,10 @@ def test_host_role_twice_second_run_unchanged(preconditions, tmp_path):
     assert "UP" in link["flags"]
     assert ["%s/%d" % (a["local"], a["prefixlen"]) for a in link["addr_info"]
             if a["family"] == "inet"] == ["10.20.0.1/24"]
+    # its settings (pools), which VE networking reads
+    assert json.loads((VZ_ROOT / "net" / "bridges" / "vzbr0.json").read_text()) == {
+        "name": "vzbr0", "ipv4": ["10.20.0.1/24"], "ipv6": [], "pool4": "10.20.0.0/24",
+        "pool6": None, "nat": False, "uplink": None}
 
     # autostart: unit on systemd hosts, a hint otherwise
     if Path("/run/systemd/system").exists():
@@ -128,6 +132,9 @@ def test_host_role_twice_second_run_unchanged(preconditions, tmp_path):
     ({"host_vz_root": "var/lib/vz"}, "invalid host settings"),
     ({"host_bridge": "vzbr-name-too-long"}, "invalid host settings"),
     ({"host_subid_count": 1000}, "invalid host settings"),
+    ({"host_bridge_uplink": "eth0"}, "uplink=eth0"),
+    ({"host_bridge_ipv6": ["fd00::1"]}, "bridge_ipv6=fd00::1"),
+    ({"host_routed_pool4": "10.30.0.0"}, "routed_pool4=10.30.0.0"),
     ({"host_no_such_var": 1, "host_install_packages": "maybe"}, "host_install_packages"),
 ])
 def test_host_role_rejects_bad_variables_before_changing_anything(preconditions, tmp_path,
