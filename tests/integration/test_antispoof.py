@@ -293,8 +293,8 @@ def test_spoofing_is_dropped_and_the_filter_is_idempotent(lab):
     assert lab.antispoof("remove_filter", lab.link["a"]) is False
     gone = {"active": False, "digest": None, "packets": 0, "dropped": {}}
     assert lab.antispoof("read_filter", lab.link["a"]) == gone
-    assert lab.in_ns(lab.host, "nft", "list", "chain", "netdev", "osvirt_vz_guard", "ve_" + lab.link["a"],
-                                    check=False).returncode != 0
+    listed = lab.in_ns(lab.host, "nft", "list", "chain", "netdev", "osvirt_vz_guard", "ve_" + lab.link["a"], check=False)
+    assert listed.returncode != 0
     assert lab.wait_ping("a", lab.ip4["host"], source=spoofed4)
 
 
@@ -494,17 +494,28 @@ def test_a_filter_that_cannot_be_applied_stops_the_start(lab, tmp_path):
 
 
 def test_host_role_installs_the_guard_next_to_the_hook(run_playbook, localhost):
+    """The role's files, then the machine's previous ones back: VEs of other jobs on this machine
+    run whatever hook is installed, and must not get this branch's by a side effect."""
+    installed = Path("/usr/libexec/osvirt-vz")
+    before = {dest: (installed / dest).read_bytes() if (installed / dest).exists() else None for dest in INSTALLED}
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
         {"name": "hook", "ansible.builtin.include_role": {"name": "osvirt.vz.host", "tasks_from": "net_hook"}}]}]
-    run_playbook(play)
-    again = run_playbook(play)
-    assert not any(r.changed for r in again.results), again.report()
-    installed = Path("/usr/libexec/osvirt-vz")
-    for dest in ("osvirt_vz_antispoof.py", "osvirt_vz_nft.py", "net-hook"):
-        assert (installed / dest).read_bytes() == INSTALLED[dest].read_bytes(), dest
-    # the installed copies load on their own, as the hook loads them
-    code = "import sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; print(a._nft.__name__)" % str(installed)
-    assert sh(HOST_PYTHON, "-c", code).stdout.strip() == "osvirt_vz_nft"
+    try:
+        run_playbook(play)
+        again = run_playbook(play)
+        assert not any(r.changed for r in again.results), again.report()
+        for dest in ("osvirt_vz_antispoof.py", "osvirt_vz_nft.py", "net-hook"):
+            assert (installed / dest).read_bytes() == INSTALLED[dest].read_bytes(), dest
+        # the installed copies load on their own, as the hook loads them
+        code = "import sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; print(a._nft.__name__)" \
+            % str(installed)
+        assert sh(HOST_PYTHON, "-c", code).stdout.strip() == "osvirt_vz_nft"
+    finally:
+        for dest, data in before.items():
+            if data is None:
+                (installed / dest).unlink(missing_ok=True)
+            elif (installed / dest).read_bytes() != data:
+                (installed / dest).write_bytes(data)
 
 
 def test_a_real_ve_started_through_the_hook_cannot_spoof(ctx, tmp_path):
