@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -473,13 +474,37 @@ def test_hook_applies_filter_and_rate_together(lab, tmp_path):
     assert lab.wait_ping("a", lab.ip4["host"]) and lab.wait_ping("a", lab.ip6["host"])
 
 
-@pytest.mark.xfail(strict=True, reason="the shaper's tc redirect takes a shaped VE's packets before the netdev "
-                                       "ingress chain, and the IFB re-injects them past it (docs/net-security.md)")
 def test_a_shaped_ve_is_guarded_too(lab, tmp_path):
+    """The shaper's redirect is an nft chain after the guard (a tc redirect would take the
+    packets before netfilter, and the IFB would re-inject them past it)."""
     spoofed4 = "10.99.%d.53" % lab.net
     lab.in_ns(lab.ns["a"], "ip", "addr", "add", spoofed4 + "/24", "dev", "eth0")
     ve_dir = write_ve(lab, tmp_path, "web3", limits={"net": {"rate": 100 * 10 ** 6}})
     assert run_hook(lab, ve_dir, "start-host").returncode == 0
+    assert lab.wait_ping("a", lab.ip4["host"])
+    assert not lab.ping("a", lab.ip4["host"], source=spoofed4, count=2)
+    assert lab.dropped("a").get("IPv4 source is not a VE address", 0) >= 1
+    # and the VE's own packets went through its class of the shaping tree
+    classes = lab.in_ns(lab.host, "tc", "-s", "class", "show", "dev", "vzshape0").stdout
+    sent = [int(m) for m in re.findall(r"class htb 1:(?!1 )\S+ parent 1:1 .*?\n Sent \d+ bytes (\d+) pkt", classes)]
+    assert sent and sent[0] > 0, classes
+
+
+def test_the_tc_redirect_of_an_earlier_version_is_replaced(lab, tmp_path):
+    """A VE shaped before the redirect moved to nft still has a tc redirect on its link, which
+    takes its packets past the guard; the next shaping (here: the hook) removes it."""
+    spoofed4 = "10.99.%d.54" % lab.net
+    lab.in_ns(lab.ns["a"], "ip", "addr", "add", spoofed4 + "/24", "dev", "eth0")
+    ve_dir = write_ve(lab, tmp_path, "web5", limits={"net": {"rate": 100 * 10 ** 6}})
+    assert run_hook(lab, ve_dir, "start-host").returncode == 0
+    link = lab.link["a"]
+    lab.in_ns(lab.host, "tc", "qdisc", "add", "dev", link, "ingress")
+    lab.in_ns(lab.host, "tc", "filter", "add", "dev", link, "parent", "ffff:", "prio", "49152", "protocol", "all",
+              "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", "vzshape0")
+    assert lab.wait_ping("a", lab.ip4["host"], source=spoofed4)          # the bypass
+    proc = run_hook(lab, ve_dir, "start-host")
+    assert proc.returncode == 0 and "remove the tc redirect of an earlier osvirt.vz" in proc.stdout, proc
+    assert "u32" not in lab.in_ns(lab.host, "tc", "filter", "show", "dev", link, "ingress").stdout
     assert lab.wait_ping("a", lab.ip4["host"])
     assert not lab.ping("a", lab.ip4["host"], source=spoofed4, count=2)
 

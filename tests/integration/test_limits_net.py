@@ -203,8 +203,8 @@ def test_rate_live_changes_ceil_and_removal_measured_from_the_ve(ctx, shaped_ve)
     assert shaping("read_shaping", link) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
     classid, rate, ceil = tc_class_of(link)
     assert (rate, ceil) == ("8Mbit", "8Mbit")
-    ingress = sh("tc", "filter", "show", "dev", link, "ingress").stdout
-    assert "Redirect to device %s" % SHAPER in ingress, ingress
+    redirect = sh("nft", "list", "chain", "netdev", "osvirt_vz_shaping", "ve_" + link).stdout
+    assert 'fwd to "%s"' % SHAPER in redirect, redirect
 
     windows = []
 
