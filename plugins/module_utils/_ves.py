@@ -77,6 +77,13 @@ def _shaping():
     return shaping
 
 
+def _vnet():
+    """Netlink inside VEs and on their host links (``ve_info``'s interfaces), imported only when a
+    VE has a network interface: it loads pyroute2."""
+    from . import _vnet as vnet  # pylint: disable=import-outside-toplevel
+    return vnet
+
+
 def is_owned(key):
     """True for the LXC config keys the collection manages."""
     return key.startswith(OWNED_PREFIXES)
@@ -873,6 +880,9 @@ class VeManager:
             view.update({'template_name': tname, 'template_version': version or None,
                          'layers': meta.get('layers') or [], 'network': meta.get('network') or [],
                          'mounts': meta.get('mounts') or [], 'cgroup_parent': meta.get('cgroup_parent')})
+            view['interfaces'] = _vnet().describe_interfaces(
+                meta['network'], entry['pid'] if entry['state'] in ('running', 'frozen') else None) \
+                if meta.get('network') else []
             if usage:
                 view['memory_bytes'] = (self.cgroups.memory_usage(meta.get('cgroup_parent') or
                                                                   self.host.cgroup_parent, name)

@@ -95,6 +95,27 @@ ves:
     created:
       description: Creation time, UTC, ISO 8601.
       type: str
+    interfaces:
+      description:
+        - One entry per configured network interface, in the order of the VE's O(osvirt.vz.ve#module:network).
+        - The configuration C(name) (inside the VE), C(mode), C(bridge), C(hwaddr), C(host_link) (the host side
+          of the veth), C(mtu), C(ipv4), C(ipv6), C(gateway4), C(gateway6).
+        - C(live) is what the running VE has now, read with netlink inside its network namespace
+          (V(null) when the VE is stopped or the interface is missing) - C(hwaddr), C(mtu), C(state) (V(up),
+          V(down), V(lowerlayerdown), V(unknown)), C(ipv4), C(ipv6) (addresses present, IPv6 without the
+          kernel's link-local one), C(ipv6_tentative) (still in duplicate address detection),
+          C(ipv6_dadfailed) (another node on the link has them).
+        - C(counters) are read on the host side of the link but given as the VE counts them -
+          C(tx_bytes) and C(tx_packets) are what the VE sent, C(rx_bytes) and C(rx_packets) what it received
+          (the host side's rx is the VE's tx); C(state) is the host side's state.
+          V(null) when the VE is stopped. They start at zero at every start of the VE.
+      type: list
+      elements: dict
+      sample: [{name: eth0, mode: bridged, bridge: vzbr0, hwaddr: '02:3f:a1:07:5c:9e', host_link: vz1a2b3c4d0,
+                mtu: null, ipv4: [10.20.0.5/24], ipv6: [], gateway4: 10.20.0.1, gateway6: null,
+                live: {hwaddr: '02:3f:a1:07:5c:9e', mtu: 1500, state: up, ipv4: [10.20.0.5/24],
+                       ipv6: [], ipv6_tentative: [], ipv6_dadfailed: []},
+                counters: {rx_bytes: 5230, tx_bytes: 1804, rx_packets: 41, tx_packets: 19, state: up}}]
     limits:
       description: The VE's limits with unit strings.
       type: dict
