@@ -319,19 +319,29 @@ def test_a_rate_that_cannot_be_shaped_keeps_the_ve_from_starting(ctx, shaped_ve)
 
 
 def test_host_role_installs_the_hook(run_playbook, localhost):
+    installed = Path("/usr/libexec/osvirt-vz")
+    # VEs of other jobs on this machine run whatever hook is installed: put the previous files back
+    names = ("net-hook", "osvirt_vz_shaping.py", "osvirt_vz_nft.py", "osvirt_vz_antispoof.py")
+    before = {name: (installed / name).read_bytes() if (installed / name).exists() else None for name in names}
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
         {"name": "hook", "ansible.builtin.include_role": {"name": "osvirt.vz.host", "tasks_from": "net_hook"}}]}]
-    run_playbook(play)
-    again = run_playbook(play)
-    assert not any(r.changed for r in again.results), again.report()
-    installed = Path("/usr/libexec/osvirt-vz")
-    assert (installed / "net-hook").read_bytes() == HOOK.read_bytes()
-    assert (installed / "net-hook").stat().st_mode & 0o777 == 0o755
-    assert (installed / "osvirt_vz_shaping.py").read_bytes() == SHAPING_PY.read_bytes()
-    # the installed hook finds its shaping code: a start-host for a VE without ve.json does nothing
-    proc = subprocess.run([str(installed / "net-hook"), "x", "lxc", "start-host"], capture_output=True, text=True,
-                          env={"LXC_NAME": "x", "LXC_CONFIG_FILE": "/nonexistent/x/config"}, check=False)
-    assert proc.returncode == 0, proc
+    try:
+        run_playbook(play)
+        again = run_playbook(play)
+        assert not any(r.changed for r in again.results), again.report()
+        assert (installed / "net-hook").read_bytes() == HOOK.read_bytes()
+        assert (installed / "net-hook").stat().st_mode & 0o777 == 0o755
+        assert (installed / "osvirt_vz_shaping.py").read_bytes() == SHAPING_PY.read_bytes()
+        # the installed hook finds its code: a start-host for a VE without ve.json does nothing
+        proc = subprocess.run([str(installed / "net-hook"), "x", "lxc", "start-host"], capture_output=True,
+                              text=True, env={"LXC_NAME": "x", "LXC_CONFIG_FILE": "/nonexistent/x/config"},
+                              check=False)
+        assert proc.returncode == 0, proc
+    finally:
+        for name, data in before.items():
+            # a file that was not there stays: later tests start VEs whose config names the hook
+            if data is not None and (installed / name).read_bytes() != data:
+                (installed / name).write_bytes(data)
 
 
 SENDER = r"""
