@@ -316,6 +316,40 @@ def test_many_addresses_fit_one_chain(lab):
     assert lab.wait_ping("a", lab.ip4["host"])
 
 
+def test_a_routed_link_is_guarded_the_same(lab):
+    """A routed interface (venet-like: no bridge, a /32 host route and the gateway 169.254.0.1 on
+    the host side, as LXC's router mode makes it) gets the same chain and the same result."""
+    ns, link, mac = "vzas-c-" + lab.tag, "vz%sc0" % lab.tag, "02:99:00:00:0c:01"
+    ve, spoofed = "10.99.%d.20" % lab.net, "10.99.%d.21" % lab.net
+    sh("ip", "netns", "add", ns)
+    try:
+        lab.in_ns(lab.host, "ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        lab.in_ns(lab.host, "ip", "addr", "add", "169.254.0.1/32", "dev", link)
+        lab.in_ns(lab.host, "ip", "link", "set", link, "up")
+        lab.in_ns(lab.host, "ip", "route", "add", ve + "/32", "dev", link)
+        lab.in_ns(ns, "ip", "link", "set", "eth0", "address", mac)
+        lab.in_ns(ns, "ip", "link", "set", "eth0", "up")
+        lab.in_ns(ns, "ip", "addr", "add", ve + "/32", "dev", "eth0")
+        lab.in_ns(ns, "ip", "route", "add", "169.254.0.1", "dev", "eth0")
+        lab.in_ns(ns, "ip", "route", "add", "default", "via", "169.254.0.1")
+
+        def ping_host(source=None, count=1):
+            argv = ["busybox", "ping", "-c", str(count), "-W", "1"] + (["-I", source] if source else [])
+            return lab.in_ns(ns, *argv, lab.ip4["host"], check=False).returncode == 0
+
+        assert any(ping_host() for _attempt in range(5))
+        assert lab.antispoof("ensure_filter", link, mac, [ve + "/32"], []) is True
+        assert ping_host(count=2)
+        lab.in_ns(ns, "ip", "addr", "add", spoofed + "/32", "dev", "eth0")
+        lab.in_ns(lab.host, "ip", "route", "add", spoofed + "/32", "dev", link)   # even with a route back
+        assert not ping_host(source=spoofed, count=2)
+        assert lab.antispoof("read_filter", link)["dropped"].get("IPv4 source is not a VE address", 0) >= 1
+        assert lab.antispoof("remove_filter", link) is True
+        assert ping_host(source=spoofed, count=2)        # the control: it was the filter
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
 def test_forged_frames_do_not_reach_the_other_ve(lab):
     """Frames that VE a's root could send with a packet socket, each checked at VE b. Each frame
     carries a marker made from its description (``marker``)."""
