@@ -9,12 +9,15 @@ PRIVATE: this file is internal to the osvirt.vz collection. Its functions may ch
 disappear in any release; do not import them from outside the collection.
 
 What a VE sends arrives on the host as *ingress* of the host side of its veth (``host_link`` in
-ve.json, e.g. ``vz1a2b3c4d0``). Linux queues only on egress, so that ingress is redirected
-(u32 match-all filter, ``mirred egress redirect``) to the host's shaping device, an IFB whose
-egress carries one HTB tree for all VEs::
+ve.json, e.g. ``vz1a2b3c4d0``). Linux queues only on egress, so that ingress is redirected to
+the host's shaping device, an IFB whose egress carries one HTB tree for all VEs. The redirect is
+an nftables netdev ingress chain per link (``table netdev osvirt_vz_shaping``, chain
+``ve_<link>``, priority 0, one rule ``fwd to "vzshape0"``), so it runs *after* the VE's
+anti-spoofing chain (_antispoof.py, priority -500): a tc redirect would take the packets before
+netfilter sees them, and the IFB re-injects them past it::
 
-    vz1a2b3c4d0 ingress --u32 0/0, mirred--> vzshape0 (ifb, alias "osvirt.vz VE shaping")
-    vz5e6f7a8b0 ingress --u32 0/0, mirred-->   htb 1: default 0
+    vz1a2b3c4d0 ingress --nft fwd--> vzshape0 (ifb, alias "osvirt.vz VE shaping")
+    vz5e6f7a8b0 ingress --nft fwd-->   htb 1: default 0
                                                  class 1:1 rate=ceil=capacity of the host
                                                    class 1:<n> rate ceil     one per VE link
                                                    ...
@@ -23,8 +26,8 @@ egress carries one HTB tree for all VEs::
 Each VE's class holds its ``rate`` (guaranteed under contention) and ``ceil`` (the most it may
 borrow from what other VEs leave unused: Virtuozzo's ratebound=no); ``rate`` alone is a hard
 cap. The classifier of a VE is a five-instruction eBPF program that matches the ifindex the
-packet was redirected from (``__sk_buff.ingress_ifindex``), which root inside the VE cannot
-forge; its filter carries the link name, so the tree says which class is whose. Everything
+packet was redirected from (``__sk_buff.ingress_ifindex``, set by nft's ``fwd`` for the IFB),
+which root inside the VE cannot forge; its filter carries the link name, so the tree says which class is whose. Everything
 lives in the host's network namespace: the VE cannot see or remove it. docs/net-rate.md has the
 reasons (this kernel has no skbedit, matchall or police).
 
@@ -33,8 +36,8 @@ The shape is decide, act, report: ``TcNetlink.read`` reads a ``TcState``; ``plan
 Rates are bits per second in this API; the kernel keeps bytes per second (HTB's 32-bit fields:
 at most 34.3 Gbit/s).
 
-This file imports nothing else of the collection when loaded on its own, so the host role
-installs a copy next to the LXC hook (roles/host/files/osvirt-vz-net-hook) that applies the
+This file imports nothing else of the collection but _nft.py when loaded on its own, so the
+host role installs a copy (with _nft.py as osvirt_vz_nft.py) next to the LXC hook (roles/host/files/osvirt-vz-net-hook) that applies the
 shaping whenever a VE starts.
 """
 
@@ -49,6 +52,14 @@ import struct
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+try:
+    from . import _nft
+except ImportError:  # loaded as a plain module, outside the collection
+    try:
+        import osvirt_vz_nft as _nft  # type: ignore[no-redef]   # the LXC hook's copies
+    except ImportError:
+        import _nft  # type: ignore[no-redef]   # plugins/module_utils on sys.path (tests, bench/)
 
 try:
     from ._errors import VzError
@@ -84,10 +95,15 @@ SHAPER_ALIAS = "osvirt.vz VE shaping"
 HTB_ROOT = 0x10000                  # 1:
 TOTAL_CLASS = 0x10001               # 1:1  the host's capacity, shared by all VE classes
 MINOR_FIRST, MINOR_LAST = 0x10, 0xFFFE
+# The redirect: a netdev ingress chain per VE link. Lower priorities run first: the VE's
+# anti-spoofing chain (-500) drops before this one (0) takes the packet away.
+REDIRECT_TABLE = "osvirt_vz_shaping"
+REDIRECT_PRIORITY = 0
+# Earlier versions redirected with tc (u32 match-all + mirred on the link's ingress qdisc, this
+# priority). Found on a running VE, it is removed once the nft redirect is in: it would take the
+# packets before the anti-spoofing chain, and send them nowhere once the shaper is gone.
 INGRESS = 0xFFFF0000                # ffff:
-# Filters with a lower number run first: anti-spoofing filters on the same veth should come
-# before our redirect, which takes the packet away.
-REDIRECT_PRIO = 0xC000
+LEGACY_REDIRECT_PRIO = 0xC000
 CLASSIFIER_PRIO = 1
 ETH_P_ALL = 0x0003
 # IFB devices default to a 32-packet queue, too short for TCP at a few Mbit/s with GSO.
@@ -183,9 +199,8 @@ class TcState:
 
     ifname: str
     link_index: int | None = None
-    ingress: bool = False                       # ingress qdisc ffff: on the link
-    other_ingress_filters: bool = False         # filters on ffff: that are not ours
-    redirect_to: int | None = None              # our redirect's target ifindex (0: none set)
+    redirect_to: int | None = None              # our redirect chain's target ifindex (0: stale chain)
+    legacy_redirect: bool = False               # an earlier version's tc redirect on the link
     shaper: ShaperState | None = None
     htb_root: bool = False                      # htb 1: is the shaper's root qdisc
     classes: dict = field(default_factory=dict)      # classid -> (rate, ceil) bytes/s
@@ -226,10 +241,9 @@ class Step:
         "del_class": "remove class {cls} from {dev}",
         "add_classifier": "send packets from {link} (ifindex {handle}) to class {cls} of {dev}",
         "del_classifier": "remove the classifier of {link} (ifindex {handle}) from {dev}",
-        "add_ingress": "add ingress qdisc to {dev}",
         "add_redirect": "redirect what {dev} receives to {target}",
         "del_redirect": "remove the shaping redirect from {dev}",
-        "del_ingress": "remove the ingress qdisc from {dev}",
+        "del_legacy_redirect": "remove the tc redirect of an earlier osvirt.vz from {dev}",
         "del_shaper": "delete the shaping device {dev} (no VE is shaped)",
     }
 
@@ -322,10 +336,10 @@ def plan_shaping(state, want, capacity=None):
             del classes[classid]
 
     if want is None:
+        if state.legacy_redirect:
+            steps.append(Step("del_legacy_redirect", link))
         if state.redirect_to is not None:
             steps.append(Step("del_redirect", link))
-        if state.ingress and not state.other_ingress_filters:
-            steps.append(Step("del_ingress", link))
         if state.shaper is None:
             return steps
         for handle in [h for h in state.own_classifiers() if h in classifiers] + \
@@ -371,13 +385,12 @@ def plan_shaping(state, want, capacity=None):
     if classifiers.get(state.link_index) != (link, classid):
         steps.append(Step("add_classifier", SHAPER, (state.link_index, link, classid)))
 
-    # Redirect last: until the tree classifies the VE's packets, they keep flowing unshaped.
-    if not state.ingress:
-        steps.append(Step("add_ingress", link))
+    # Redirect last: until the tree classifies the VE's packets, they keep flowing unshaped. The
+    # chain is replaced in one transaction, so a stale one (another shaper) needs no removal.
     if state.shaper is None or state.redirect_to != state.shaper.index:
-        if state.redirect_to is not None:
-            steps.append(Step("del_redirect", link))
         steps.append(Step("add_redirect", link, SHAPER))
+    if state.legacy_redirect:
+        steps.append(Step("del_legacy_redirect", link))
     return steps
 
 
@@ -439,6 +452,38 @@ def _attr(msg, name):
     return msg.get_attr(name) if msg is not None else None
 
 
+def redirect_chain(ifname):
+    """Name of the nft chain that redirects ``ifname`` to the shaper."""
+    return "ve_" + _nft.check_name(ifname, "VE link")
+
+
+def redirect_header(ifname):
+    """Declaration of the redirect chain on the ingress of ``ifname``."""
+    return 'type filter hook ingress device "%s" priority %d; policy accept;' % (ifname, REDIRECT_PRIORITY)
+
+
+def redirect_rules(shaper_index):
+    """The redirect's one rule. nft resolves the device name to its ifindex when the rule is
+    loaded, so the ifindex is part of the rule text (and of the chain's digest): a shaper made
+    again gets a new ifindex, and the chain is rewritten instead of sending to nowhere."""
+    return ['fwd to "%s" comment "ifindex %d"' % (SHAPER, shaper_index)]
+
+
+def read_redirect(ifname, shaper_index):
+    """``shaper_index`` when the redirect chain of ``ifname`` sends to that shaper, 0 when a chain
+    of ours sends elsewhere (stale), None when there is none. The chain outlives its link."""
+    chain = redirect_chain(ifname)
+    try:
+        found = _nft.chains("netdev", REDIRECT_TABLE).get(chain)
+    except _nft.NftError as exc:
+        raise ShapingError("could not read the shaping redirect of %s: %s" % (ifname, exc.message))
+    if found is None:
+        return None
+    if shaper_index is not None and found["digest"] == _nft.digest(redirect_header(ifname), redirect_rules(shaper_index)):
+        return shaper_index
+    return 0
+
+
 class TcNetlink:
     """pyroute2's ``IPRoute`` for one job: read a ``TcState``, apply one ``Step``.
 
@@ -491,9 +536,16 @@ class TcNetlink:
                                  for q in self._ipr.get_qdiscs(shaper))
             if state.htb_root and state.shaper.kind == "ifb":
                 self._read_tree(state, shaper)
+        state.redirect_to = read_redirect(ifname, shaper)
         if state.link_index is not None:
-            self._read_ingress(state)
+            state.legacy_redirect = self._legacy_redirect(state.link_index)
         return state
+
+    def _legacy_redirect(self, index):
+        if not any(q.get_attr("TCA_KIND") == "ingress" for q in self._ipr.get_qdiscs(index)):
+            return False
+        return any(flt["info"] >> 16 == LEGACY_REDIRECT_PRIO and flt.get_attr("TCA_KIND") == "u32"
+                   for flt in self._ipr.get_filters(index=index, parent=INGRESS))
 
     def _read_tree(self, state, shaper):
         for cls in self._ipr.get_classes(shaper):
@@ -509,30 +561,14 @@ class TcNetlink:
             if name not in state.link_indexes:
                 state.link_indexes[name] = self.index(name)
 
-    def _read_ingress(self, state):
-        index = state.link_index
-        state.ingress = any(q.get_attr("TCA_KIND") == "ingress" for q in self._ipr.get_qdiscs(index))
-        if not state.ingress:
-            return
-        for flt in self._ipr.get_filters(index=index, parent=INGRESS):
-            if flt["info"] >> 16 != REDIRECT_PRIO:
-                state.other_ingress_filters = True
-                continue
-            acts = _attr(flt.get_attr("TCA_OPTIONS"), "TCA_U32_ACT")
-            for _name, act in (acts or {}).get("attrs", ()):
-                if act.get_attr("TCA_ACT_KIND") == "mirred":
-                    parms = _attr(act.get_attr("TCA_ACT_OPTIONS"), "TCA_MIRRED_PARMS")
-                    if parms is not None:
-                        state.redirect_to = parms["ifindex"]
-            if state.redirect_to is None:
-                state.redirect_to = 0   # a filter of ours without a target: replace it
-
     def apply(self, step):
-        """Carry out one ``Step``; raise ``ShapingError`` naming it when netlink refuses."""
+        """Carry out one ``Step``; raise ``ShapingError`` naming it when netlink or nft refuses."""
         try:
             self._apply(step)
         except NetlinkError as exc:
             raise ShapingError("could not %s: %s" % (step.describe(), exc))
+        except _nft.NftError as exc:
+            raise ShapingError("could not %s: %s" % (step.describe(), exc.message))
 
     def _need(self, name, step):
         index = self.index(name)
@@ -542,6 +578,9 @@ class TcNetlink:
 
     def _apply(self, step):
         ipr = self._ipr
+        if step.op == "del_redirect":       # also when the link is gone: the chain outlives it
+            _nft.delete_chain("netdev", REDIRECT_TABLE, redirect_chain(step.dev))
+            return
         if step.op == "create_shaper":
             ipr.link("add", ifname=step.dev, kind="ifb", txqlen=SHAPER_TXQLEN)
             # IFLA_IFALIAS is ignored when creating a link; set it right after
@@ -570,18 +609,13 @@ class TcNetlink:
         elif step.op == "del_classifier":
             ipr.tc("del-filter", index=index, handle=step.value[0], parent=HTB_ROOT,
                    info=(CLASSIFIER_PRIO << 16) | socket.htons(ETH_P_ALL))
-        elif step.op == "add_ingress":
-            ipr.tc("add", "ingress", index, INGRESS)
         elif step.op == "add_redirect":
             target = self._need(step.value, step)
-            ipr.tc("add-filter", "u32", index, parent=INGRESS, prio=REDIRECT_PRIO, protocol=ETH_P_ALL,
-                   keys=["0x0/0x0+0"], target=TOTAL_CLASS,   # a flowid is required, ingress ignores it
-                   action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": target})
-        elif step.op == "del_redirect":
+            _nft.replace_chain("netdev", REDIRECT_TABLE, redirect_chain(step.dev), redirect_header(step.dev),
+                               redirect_rules(target))
+        elif step.op == "del_legacy_redirect":
             ipr.tc("del-filter", index=index, parent=INGRESS,
-                   info=(REDIRECT_PRIO << 16) | socket.htons(ETH_P_ALL))
-        elif step.op == "del_ingress":
-            ipr.tc("del", "ingress", index, INGRESS)
+                   info=(LEGACY_REDIRECT_PRIO << 16) | socket.htons(ETH_P_ALL))
         elif step.op == "del_shaper":
             ipr.link("del", index=index)
         else:  # pragma: no cover - a programming error

@@ -4,8 +4,8 @@
 """Unit tests for plugins/module_utils/_shaping.py: rates, the classifier program and the plan of
 the host's shaping tree.
 
-No root and no netlink: ``FakeKernel`` keeps links, the shaper's classes and classifiers and the
-ingress redirects in dicts and carries out the planned steps the way the kernel would.
+No root, no netlink, no nft: ``FakeKernel`` keeps links, the shaper's classes and classifiers and
+the redirect chains in dicts and carries out the planned steps the way the kernel would.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.osvirt.vz.plugins.module_utils import _shaping
+from ansible_collections.osvirt.vz.plugins.module_utils import _antispoof, _shaping
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 from ansible_collections.osvirt.vz.plugins.module_utils._shaping import (
     DEFAULT_CAPACITY_BPS, RATE_MAX_BPS, SHAPER, SHAPER_ALIAS, TOTAL_CLASS, Rates, ShaperState,
@@ -32,16 +32,17 @@ DEFAULT_TOTAL = DEFAULT_CAPACITY_BPS // 8
 
 
 class FakeKernel:
-    """Just enough of the kernel for the plan: links, ingress redirects, the shaper's tree."""
+    """Just enough of the kernel for the plan: links, redirect chains, the shaper's tree."""
 
     def __init__(self, links=(LINK,)):
         self.next_index = 10
         self.links = {}
         for name in links:
             self.add_link(name, "veth")
-        self.ingress = set()             # links with an ingress qdisc
-        self.redirect = {}               # link -> ifindex its redirect points at
-        self.foreign_filters = set()     # links with someone else's ingress filters
+        # link name -> ifindex its redirect chain sends to; a netdev chain outlives its link
+        # (kernel 6.18) and hooks the next link of that name
+        self.redirect = {}
+        self.legacy = set()              # links with an earlier version's tc redirect
         self.htb = False                 # htb 1: on the shaper
         self.classes = {}                # classid -> (rate, ceil)
         self.classifiers = {}            # handle -> (link name, classid)
@@ -55,16 +56,12 @@ class FakeKernel:
         return self.next_index
 
     def restart(self, name):
-        """A VE restarted without its post-stop hook: a new veth, without filters."""
+        """A VE restarted without its post-stop hook: a new veth (the redirect chain stays)."""
         del self.links[name]
-        self.ingress.discard(name)
-        self.redirect.pop(name, None)
         return self.add_link(name, "veth")
 
     def stop(self, name):
         del self.links[name]
-        self.ingress.discard(name)
-        self.redirect.pop(name, None)
 
     # the TcNetlink interface
     def __enter__(self):
@@ -91,10 +88,10 @@ class FakeKernel:
                 state.classifiers = dict(self.classifiers)
                 state.link_indexes = {n: (self.links[n]["index"] if n in self.links else None)
                                       for n, _c in self.classifiers.values()}
-        if link:
-            state.ingress = ifname in self.ingress
-            state.redirect_to = self.redirect.get(ifname)
-            state.other_ingress_filters = ifname in self.foreign_filters
+        state.legacy_redirect = bool(link) and ifname in self.legacy
+        target = self.redirect.get(ifname)
+        if target is not None:
+            state.redirect_to = target if shaper and target == shaper["index"] else 0
         return state
 
     def apply(self, step):
@@ -126,21 +123,15 @@ class FakeKernel:
             self.classifiers[handle] = (name, classid)
         elif step.op == "del_classifier":
             del self.classifiers[step.value[0]]
-        elif step.op == "add_ingress":
-            assert dev not in self.ingress
-            self.ingress.add(dev)
-        elif step.op == "add_redirect":
-            assert dev in self.ingress and dev not in self.redirect
+        elif step.op == "add_redirect":      # replaces the chain
             index = self.links[dev]["index"]
             assert self.links[SHAPER]["up"] and self.classifiers.get(index, ("",))[0] == dev, \
                 "redirect before the tree classifies the link"
             self.redirect[dev] = self.links[step.value]["index"]
         elif step.op == "del_redirect":
             del self.redirect[dev]
-        elif step.op == "del_ingress":
-            self.ingress.discard(dev)
-            self.redirect.pop(dev, None)
-            self.foreign_filters.discard(dev)
+        elif step.op == "del_legacy_redirect":
+            self.legacy.remove(dev)
         elif step.op == "del_shaper":
             del self.links[dev]
             self.htb, self.classes, self.classifiers = False, {}, {}
@@ -242,7 +233,6 @@ def test_plan_from_nothing_builds_the_tree_and_redirects_last():
         Step("add_class", SHAPER, (TOTAL_CLASS, DEFAULT_TOTAL, DEFAULT_TOTAL)),
         Step("add_class", SHAPER, (classid, MBIT, MBIT)),
         Step("add_classifier", SHAPER, (state.link_index, LINK, classid)),
-        Step("add_ingress", LINK),
         Step("add_redirect", LINK, SHAPER),
     ]
     assert classid >> 16 == 1 and 0x10 <= classid & 0xFFFF <= 0xFFFE
@@ -259,7 +249,6 @@ def test_describe_steps():
         "add class 1:1 to vzshape0 (rate 1Gbit ceil 1Gbit)",
         "add class %s to vzshape0 (rate 8Mbit ceil 80Mbit)" % classid,
         "send packets from vz1a2b3c4d0 (ifindex 11) to class %s of vzshape0" % classid,
-        "add ingress qdisc to vz1a2b3c4d0",
         "redirect what vz1a2b3c4d0 receives to vzshape0",
     ]
 
@@ -291,7 +280,7 @@ def test_a_second_ve_joins_the_same_tree():
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
     kernel.applied.clear()
     apply_shaping(OTHER, 4 * MBIT, 16 * MBIT, netlink=kernel)
-    assert kernel.ops() == ["add_class", "add_classifier", "add_ingress", "add_redirect"]
+    assert kernel.ops() == ["add_class", "add_classifier", "add_redirect"]
     assert kernel.class_of(LINK) != kernel.class_of(OTHER)
     assert kernel.classes[kernel.class_of(OTHER)] == (MBIT // 2, 2 * MBIT)
     assert read_shaping(LINK, netlink=kernel) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
@@ -322,7 +311,7 @@ def test_capacity_is_kept_unless_given():
 def test_check_mode_predicts_and_changes_nothing():
     kernel = FakeKernel()
     result = apply_shaping(LINK, 8 * MBIT, 16 * MBIT, check_mode=True, netlink=kernel)
-    assert result["changed"] and len(result["actions"]) == 8
+    assert result["changed"] and len(result["actions"]) == 7
     assert result["after"] == {"rate_bps": 8 * MBIT, "ceil_bps": 16 * MBIT}
     assert kernel.applied == [] and SHAPER not in kernel.links
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
@@ -338,7 +327,7 @@ def test_removing_the_last_ve_removes_the_shaper():
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
     kernel.applied.clear()
     result = apply_shaping(LINK, None, netlink=kernel)
-    assert kernel.ops() == ["del_redirect", "del_ingress", "del_shaper"]
+    assert kernel.ops() == ["del_redirect", "del_shaper"]
     assert result["before"] == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT} and result["after"] is None
     assert SHAPER not in kernel.links and read_shaping(LINK, netlink=kernel) is None
     kernel.applied.clear()
@@ -351,17 +340,8 @@ def test_removing_one_ve_keeps_the_others():
     apply_shaping(OTHER, 4 * MBIT, netlink=kernel)
     kernel.applied.clear()
     clear_shaping(LINK, netlink=kernel)
-    assert kernel.ops() == ["del_redirect", "del_ingress", "del_classifier", "del_class"]
+    assert kernel.ops() == ["del_redirect", "del_classifier", "del_class"]
     assert read_shaping(OTHER, netlink=kernel) == {"rate_bps": 4 * MBIT, "ceil_bps": 4 * MBIT}
-
-
-def test_removal_keeps_an_ingress_qdisc_others_filter_on():
-    kernel = FakeKernel()
-    apply_shaping(LINK, 8 * MBIT, netlink=kernel)
-    kernel.foreign_filters.add(LINK)
-    kernel.applied.clear()
-    clear_shaping(LINK, netlink=kernel)
-    assert kernel.ops() == ["del_redirect", "del_shaper"] and LINK in kernel.ingress
 
 
 def test_clear_after_the_ve_stopped_removes_its_class():
@@ -372,7 +352,9 @@ def test_clear_after_the_ve_stopped_removes_its_class():
     assert read_shaping(LINK, netlink=kernel) is None
     kernel.applied.clear()
     clear_shaping(LINK, netlink=kernel)
-    assert kernel.ops() == ["del_classifier", "del_class"] and kernel.class_of(LINK) is None
+    # the redirect chain outlives the link: removed too, or it would send the next link of that name
+    assert kernel.ops() == ["del_redirect", "del_classifier", "del_class"] and kernel.class_of(LINK) is None
+    assert LINK not in kernel.redirect
 
 
 def test_clear_only_if_gone_leaves_a_live_link_alone():
@@ -384,7 +366,7 @@ def test_clear_only_if_gone_leaves_a_live_link_alone():
     assert result["after"] == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
     kernel.stop(LINK)
     assert clear_shaping(LINK, only_if_gone=True, netlink=kernel)["actions"] == [
-        "delete the shaping device vzshape0 (no VE is shaped)"]
+        "remove the shaping redirect from vz1a2b3c4d0", "delete the shaping device vzshape0 (no VE is shaped)"]
 
 
 def test_leftovers_of_stopped_ves_go_with_the_next_change():
@@ -406,7 +388,7 @@ def test_restart_without_post_stop_reuses_the_class_for_the_new_link():
     assert read_shaping(LINK, netlink=kernel) is None     # the old classifier matches the old ifindex
     kernel.applied.clear()
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
-    assert kernel.ops() == ["del_classifier", "add_classifier", "add_ingress", "add_redirect"]
+    assert kernel.ops() == ["del_classifier", "add_classifier"]     # the redirect chain hooked the new link
     assert kernel.classifiers == {new_index: (LINK, classid)}
 
 
@@ -466,7 +448,7 @@ def test_half_made_state_after_a_crash_is_completed():
     kernel.applied.clear()
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
     # the class without a classifier is nobody's for sure: replaced, not leaked
-    assert kernel.ops() == ["del_class", "add_class", "add_classifier", "add_ingress", "add_redirect"]
+    assert kernel.ops() == ["del_class", "add_class", "add_classifier", "add_redirect"]
     assert sorted(kernel.classes) == sorted([TOTAL_CLASS, kernel.class_of(LINK)])
 
 
@@ -477,8 +459,32 @@ def test_redirect_to_another_device_is_replaced():
     assert read_shaping(LINK, netlink=kernel) is None
     kernel.applied.clear()
     apply_shaping(LINK, 8 * MBIT, netlink=kernel)
-    assert kernel.ops() == ["del_redirect", "add_redirect"]
+    assert kernel.ops() == ["add_redirect"]        # one transaction replaces the chain
     assert kernel.redirect[LINK] == kernel.links[SHAPER]["index"]
+
+
+def test_an_earlier_versions_tc_redirect_goes_once_the_nft_one_is_in():
+    kernel = FakeKernel(links=(LINK, OTHER))
+    apply_shaping(LINK, 8 * MBIT, netlink=kernel)
+    apply_shaping(OTHER, 8 * MBIT, netlink=kernel)
+    del kernel.redirect[LINK]
+    kernel.legacy.update({LINK, OTHER})      # as a running VE shaped before the upgrade has it
+    kernel.applied.clear()
+    assert apply_shaping(LINK, 8 * MBIT, netlink=kernel)["actions"] == [
+        "redirect what vz1a2b3c4d0 receives to vzshape0",
+        "remove the tc redirect of an earlier osvirt.vz from vz1a2b3c4d0"]
+    kernel.applied.clear()
+    clear_shaping(OTHER, netlink=kernel)
+    assert kernel.ops()[:2] == ["del_legacy_redirect", "del_redirect"] and not kernel.legacy
+
+
+def test_redirect_chain_runs_after_the_anti_spoofing_chain_and_names_the_shaper_ifindex():
+    assert _shaping.redirect_chain(LINK) == "ve_" + LINK
+    assert _shaping.redirect_header(LINK) == 'type filter hook ingress device "%s" priority 0; policy accept;' % LINK
+    assert _shaping.REDIRECT_PRIORITY > _antispoof.PRIORITY     # the guard drops first
+    assert _shaping.redirect_rules(7) == ['fwd to "vzshape0" comment "ifindex 7"']
+    with pytest.raises(Exception, match="VE link"):
+        _shaping.redirect_chain("vz-bad")
 
 
 # --- counters ------------------------------------------------------------------------------------
@@ -503,6 +509,7 @@ def test_missing_pyroute2_is_one_clear_error(monkeypatch):
 def test_loads_as_a_plain_module_for_the_lxc_hook(monkeypatch):
     # the hook puts the installed copy's directory on sys.path and imports it by name
     path = Path(_shaping.__file__)
+    monkeypatch.syspath_prepend(str(path.parent))         # where it finds _nft.py
     spec = importlib.util.spec_from_file_location("osvirt_vz_shaping", path)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "osvirt_vz_shaping", module)
