@@ -86,8 +86,9 @@ options:
               - V(routed) gives the VE a veth pair on no bridge (LXC's veth router mode, venet-like, layer 3). The
                 host routes each of the VE's addresses (/32, /128) to the host side of the pair and answers the VE's
                 gateway there (proxy ARP/NDP); the VE's default routes go via V(169.254.0.1) and V(fe80::1). VEs in
-                routed mode have no layer 2 contact with each other. IPv6 in routed mode needs
-                C(net.ipv6.conf.all.forwarding=1) on the host (LXC refuses to start the VE otherwise).
+                routed mode have no layer 2 contact with each other. The host needs a route to V(169.254.0.1) (any
+                default route), and for IPv6 C(net.ipv6.conf.all.forwarding=1) (LXC refuses to start the VE
+                otherwise); both are checked before the VE starts.
             type: str
             choices: [bridged, routed]
             default: bridged
