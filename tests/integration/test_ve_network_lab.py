@@ -39,9 +39,8 @@ def test_routed_on_a_lab_host(lab, run_playbook):
                 "osvirt.vz.ve": {"name": name, "template": template, "network": [dict(iface, mode="routed")]}}
 
     try:
-        run_playbook(play([{"name": "template", "osvirt.vz.template": {"name": template,
-                                                                         "source": {"type": "busybox"}}}],
-                          LAB_HOST), inventory=lab.inventory)
+        build = {"name": "template", "osvirt.vz.template": {"name": template, "source": {"type": "busybox"}}}
+        run_playbook(play([build], LAB_HOST), inventory=lab.inventory)
         _exec(lab, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=0", check=True)
         run = run_playbook(play([ve(v4, ipv4=["10.22.9.5"]), ve(v6, ipv6=[address6])], LAB_HOST),
                            inventory=lab.inventory)
