@@ -114,6 +114,10 @@ def net(built_template, tmp_path_factory, localhost, harness):
         yield Net(root, parent, version, "n" + tag, runner, bridge, n)
     finally:
         kill_all(root / "ves")
+        # the VEs go with the store, not through state=absent: drop their anti-spoofing chains too
+        for meta in (root / "ves").glob("*/ve.json"):
+            for iface in json.loads(meta.read_text()).get("network") or []:
+                sh("nft", "delete", "chain", "netdev", "osvirt_vz_guard", "ve_" + iface["host_link"], check=False)
         harness._release_vz_root(root)
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
         for name in (bridge, small):
