@@ -465,7 +465,7 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
         if iface.get('mtu'):
             items.append((prefix + 'mtu', str(iface['mtu'])))
         for key, gwkey, _auto, _version in _FAMILIES:
-            items += [(prefix + key + '.address', a) for a in iface.get(key) or []]
+            items += [(prefix + key + '.address', _lxc_address(a)) for a in iface.get(key) or []]
             if iface.get(gwkey):
                 items.append((prefix + key + '.gateway', iface[gwkey]))
     for mount in meta.get('mounts') or []:
@@ -474,6 +474,15 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
         items.append(('lxc.mount.entry', '%s %s none %s 0 0' % (mount['source'], mount['target'].lstrip('/'),
                                                                 options)))
     return items + list(limit_items)
+
+
+def _lxc_address(cidr):
+    """An address as lxc.net.N.ipv4/ipv6.address takes it. IPv4 names its broadcast address: LXC 5.0.2
+    sets 0.0.0.255 for a /24 when it computes it itself (seen with ``ip addr`` inside a VE)."""
+    iface = ipaddress.ip_interface(cidr)
+    if iface.version == 4 and iface.network.prefixlen <= 30:
+        return '%s %s' % (cidr, iface.network.broadcast_address)
+    return cidr
 
 
 def public_view(meta, state, pid=None):

@@ -183,6 +183,8 @@ def test_bridged_ipv4_ipv6_dns_four_steps(net, bridged, four_steps):
     assert net.attach(a, "ping", "-c1", "-W3", "10.21.%d.20" % net.n).returncode == 0
     assert net.attach(b, "ping", "-c1", "-W3", "fd21:%x::10" % net.n).returncode == 0
     assert "default via %s" % net.host6 in net.attach(a, "ip", "-6", "route").stdout
+    # the broadcast address is the subnet's (LXC computes 0.0.0.255 when the config does not name it)
+    assert "inet 10.21.%d.20/24 brd 10.21.%d.255" % (net.n, net.n) in net.attach(b, "ip", "-4", "addr").stdout
 
 
 def test_live_address_add_remove_keeps_connection(net, bridged):

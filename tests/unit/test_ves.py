@@ -182,5 +182,6 @@ def test_config_network_and_mounts(tmp_path):
     assert config['lxc.uts.name'] == 'www'
     assert config['lxc.start.auto'] == '1'
     assert config['lxc.net.0.link'] == 'vzbr0' and config['lxc.net.0.mtu'] == '1400'
-    assert [v for k, v in items if k == 'lxc.net.0.ipv4.address'] == ['10.20.0.5/24', '10.20.0.6/24']
+    assert [v for k, v in items if k == 'lxc.net.0.ipv4.address'] == ['10.20.0.5/24 10.20.0.255',
+                                                                      '10.20.0.6/24 10.20.0.255']
     assert config['lxc.mount.entry'] == '%s data none bind,create=dir,ro 0 0' % tmp_path
