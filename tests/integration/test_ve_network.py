@@ -314,8 +314,10 @@ def test_routed_four_steps_and_reachability(net, routed, four_steps):
     link1 = meta["host_link"]
     assert "dev %s" % link1 in sh("ip", "route", "get", net.r4(5)).stdout
     # host -> VE, VE -> host, VE -> VE (routed by the host)
-    assert ping(net.r4(5)), "host -> routed VE: %s; the VE's neighbours: %s" % (
-        sh("ip", "route", "get", "169.254.0.1", check=False).stdout.strip(), net.attach(r1, "ip", "neigh").stdout)
+    assert ping(net.r4(5)), "host -> routed VE: %s; proxy entries: %s; the VE's neighbours: %s; guard: %s" % (
+        sh("ip", "route", "get", "169.254.0.1", check=False).stdout.strip(),
+        sh("ip", "neigh", "show", "proxy", "dev", link1, check=False).stdout.strip(), net.attach(r1, "ip", "neigh").stdout,
+        sh("nft", "list", "chain", "netdev", "osvirt_vz_guard", "ve_" + link1, check=False).stdout)
     assert ping(net.r4(6))
     assert net.attach(r1, "ping", "-c1", "-W3", net.host4).returncode == 0
     assert net.attach(r1, "ping", "-c1", "-W3", net.r4(6)).returncode == 0
