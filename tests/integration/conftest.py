@@ -455,6 +455,17 @@ def _release_vz_root(root: Path) -> None:
         for name in names:
             subprocess.run(["lxc-stop", "-k", "-P", str(lxcpath), "-n", name], check=False,
                            capture_output=True)
+    # VEs that go with the store, not through state=absent, leave their anti-spoofing chains
+    # (a netdev chain outlives its link): remove them too
+    for meta in lxcpath.glob("*/ve.json"):
+        try:
+            network = json.loads(meta.read_text()).get("network") or []
+        except (OSError, ValueError):
+            continue
+        for iface in network:
+            if isinstance(iface, dict) and iface.get("host_link"):
+                subprocess.run(["nft", "delete", "chain", "netdev", "osvirt_vz_guard", "ve_" + iface["host_link"]],
+                               check=False, capture_output=True)
     mounts = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
