@@ -1175,12 +1175,12 @@ class VeManager:
     def _guard(self, meta):
         """Anti-spoofing filters of a started VE's links (idempotent; the host role's hook sets them
         too, before the VE's init runs, where it is installed)."""
-        routed = [i for i in meta.get('network') or [] if i.get('mode') == 'routed']
-        if routed:
-            _proxy_gateways(routed)
         antispoof = _antispoof()
         if antispoof is None:
             return
+        for iface in meta.get('network') or []:
+            if iface.get('mode') == 'routed':
+                antispoof.answer_gateways(iface['host_link'], bool(iface.get('ipv4')), bool(iface.get('ipv6')))
         for iface in meta.get('network') or []:
             antispoof.ensure_filter(iface['host_link'], iface['hwaddr'], iface.get('ipv4') or [],
                                     iface.get('ipv6') or [])
@@ -1414,31 +1414,3 @@ def _host_routes_to(address):
         except NetlinkError:
             return False
     return any(r.get('type', 1) == 1 for r in routes)   # RTN_UNICAST
-
-
-def _proxy_gateways(interfaces):
-    """Make sure the host side of each routed link answers for the VE's gateways (proxy ARP/NDP).
-
-    LXC's router mode adds these entries when it starts the VE; in about one start of three under
-    load on this machine the IPv4 entry was missing right after a successful start (``ip neigh show
-    proxy dev <link>`` empty, the VE's ARP for 169.254.0.1 INCOMPLETE). Adding it again is idempotent.
-    """
-    import socket  # pylint: disable=import-outside-toplevel
-    try:
-        from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
-        from pyroute2.netlink.exceptions import NetlinkError  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return
-    with IPRoute() as ipr:
-        for iface in interfaces:
-            found = ipr.link_lookup(ifname=iface['host_link'])
-            if not found:
-                continue
-            for key, gateway, family in (('ipv4', ROUTED_GATEWAY4, socket.AF_INET),
-                                         ('ipv6', ROUTED_GATEWAY6, socket.AF_INET6)):
-                if iface.get(key):
-                    try:
-                        ipr.neigh('replace', dst=gateway, ifindex=found[0], flags=0x08, family=family)  # NTF_PROXY
-                    except NetlinkError as exc:
-                        raise VzError('VE link %s: cannot answer for the gateway %s (proxy neighbour): %s'
-                                      % (iface['host_link'], gateway, exc))

@@ -30,7 +30,7 @@ def load_hook():
 def calls(monkeypatch):
     """Fake osvirt_vz_antispoof and osvirt_vz_shaping; records every call. ``fail`` makes
     ensure_filter raise for that link."""
-    record = {"filter": [], "shaping": [], "fail": set()}
+    record = {"filter": [], "shaping": [], "gateways": [], "fail": set()}
     monkeypatch.setattr(sys, "path", list(sys.path))    # the hook puts its own directory first
 
     def ensure_filter(link, hwaddr, ipv4, ipv6):
@@ -45,7 +45,10 @@ def calls(monkeypatch):
             return {"changed": False, "actions": []}
         return call
 
-    antispoof = types.SimpleNamespace(ensure_filter=ensure_filter, VzError=Failure)
+    def answer_gateways(link, ipv4, ipv6):
+        record["gateways"].append((link, ipv4, ipv6))
+
+    antispoof = types.SimpleNamespace(ensure_filter=ensure_filter, answer_gateways=answer_gateways, VzError=Failure)
     shaper = types.SimpleNamespace(apply_shaping=shaping("apply"), clear_shaping=shaping("clear"), VzError=Failure)
     monkeypatch.setitem(sys.modules, "osvirt_vz_antispoof", antispoof)
     monkeypatch.setitem(sys.modules, "osvirt_vz_shaping", shaper)
@@ -105,3 +108,15 @@ def test_without_the_guard_code_the_start_fails(tmp_path, calls, monkeypatch):
     assert run(path, "start-host") == 1
     assert "cannot load osvirt_vz_antispoof.py next to this hook" in (path / "lxc.log").read_text()
     assert run(path, "post-stop") == 0
+
+
+def test_start_answers_the_gateways_of_routed_links_only(tmp_path, calls):
+    path = ve_dir(tmp_path)
+    meta = json.loads((path / "ve.json").read_text())
+    meta["network"][1]["mode"] = "routed"
+    meta["network"][1]["ipv6"] = ["fd00::5/128"]
+    (path / "ve.json").write_text(json.dumps(meta))
+    assert run(path, "start-host") == 0
+    assert calls["gateways"] == [("vzaa1", False, True)]
+    assert run(path, "post-stop") == 0
+    assert calls["gateways"] == [("vzaa1", False, True)]
