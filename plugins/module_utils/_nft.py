@@ -26,6 +26,18 @@ import os
 import re
 import subprocess
 
+try:
+    from ._errors import VzError
+except ImportError:  # a plain module: the LXC hook's copy (osvirt_vz_nft.py), bench/
+    class VzError(Exception):  # type: ignore[no-redef]
+        """Stand-in for the collection's error class (same constructor); _shaping and _antispoof
+        loaded next to this copy use it too."""
+
+        def __init__(self, message, **details):
+            super().__init__(message)
+            self.message = message
+            self.details = details
+
 NFT_PATHS = ('/usr/sbin/nft', '/sbin/nft', '/usr/bin/nft')
 COMMENT_PREFIX = 'osvirt.vz '
 _NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]{0,63}$')

@@ -61,16 +61,8 @@ except ImportError:  # loaded as a plain module, outside the collection
     except ImportError:
         import _nft  # type: ignore[no-redef]   # plugins/module_utils on sys.path (tests, bench/)
 
-try:
-    from ._errors import VzError
-except ImportError:  # loaded by the LXC hook as a plain module, outside the collection
-    class VzError(Exception):  # type: ignore[no-redef]
-        """Stand-in for the collection's error class (same constructor)."""
-
-        def __init__(self, message, **details):
-            super().__init__(message)
-            self.message = message
-            self.details = details
+# the collection's error class, or _nft's stand-in where this file is loaded on its own
+VzError = _nft.VzError
 
 try:
     from pyroute2 import IPRoute

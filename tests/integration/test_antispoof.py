@@ -552,30 +552,6 @@ def test_a_filter_that_cannot_be_applied_stops_the_start(lab, tmp_path):
         % lab.link["a"] in log, log
 
 
-def test_host_role_installs_the_guard_next_to_the_hook(run_playbook, localhost):
-    """The role's files, then the machine's previous ones back: VEs of other jobs on this machine
-    run whatever hook is installed, and must not get this branch's by a side effect."""
-    installed = Path("/usr/libexec/osvirt-vz")
-    before = {dest: (installed / dest).read_bytes() if (installed / dest).exists() else None for dest in INSTALLED}
-    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "hook", "ansible.builtin.include_role": {"name": "osvirt.vz.host", "tasks_from": "net_hook"}}]}]
-    try:
-        run_playbook(play)
-        again = run_playbook(play)
-        assert not any(r.changed for r in again.results), again.report()
-        for dest in ("osvirt_vz_antispoof.py", "osvirt_vz_nft.py", "net-hook"):
-            assert (installed / dest).read_bytes() == INSTALLED[dest].read_bytes(), dest
-        # the installed copies load on their own, as the hook loads them
-        code = "import sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; print(a._nft.__name__)" \
-            % str(installed)
-        assert sh(HOST_PYTHON, "-c", code).stdout.strip() == "osvirt_vz_nft"
-    finally:
-        for dest, data in before.items():
-            # a file that was not there stays: later tests start VEs whose config names the hook
-            if data is not None and (installed / dest).read_bytes() != data:
-                (installed / dest).write_bytes(data)
-
-
 def test_a_real_ve_started_through_the_hook_cannot_spoof(ctx, tmp_path):
     """A busybox VE on the machine's vzbr0 (10.20.0.251; 10.20.0.252 is the address it takes
     behind the host's back), started by lxc-start with the hook named in its config, as

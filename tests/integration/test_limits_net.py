@@ -331,7 +331,15 @@ def test_host_role_installs_the_hook(run_playbook, localhost):
         assert not any(r.changed for r in again.results), again.report()
         assert (installed / "net-hook").read_bytes() == HOOK.read_bytes()
         assert (installed / "net-hook").stat().st_mode & 0o777 == 0o755
-        assert (installed / "osvirt_vz_shaping.py").read_bytes() == SHAPING_PY.read_bytes()
+        sources = {"osvirt_vz_shaping.py": SHAPING_PY, "osvirt_vz_nft.py": SHAPING_PY.parent / "_nft.py",
+                   "osvirt_vz_antispoof.py": SHAPING_PY.parent / "_antispoof.py"}
+        for name, source in sources.items():
+            assert (installed / name).read_bytes() == source.read_bytes(), name
+        # the installed copies load on their own, as the hook loads them
+        code = "import sys; sys.path.insert(0, %r); import osvirt_vz_antispoof as a; print(a._nft.__name__)" \
+            % str(installed)
+        assert subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip() == "osvirt_vz_nft"
         # the installed hook finds its code: a start-host for a VE without ve.json does nothing
         proc = subprocess.run([str(installed / "net-hook"), "x", "lxc", "start-host"], capture_output=True,
                               text=True, env={"LXC_NAME": "x", "LXC_CONFIG_FILE": "/nonexistent/x/config"},
