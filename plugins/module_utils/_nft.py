@@ -27,7 +27,7 @@ import re
 import subprocess
 
 try:
-    from ._errors import VzError
+    from ._errors import VzError  # noqa: F401  pylint: disable=unused-import
 except ImportError:  # a plain module: the LXC hook's copy (osvirt_vz_nft.py), bench/
     class VzError(Exception):  # type: ignore[no-redef]
         """Stand-in for the collection's error class (same constructor); _shaping and _antispoof
