@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -393,6 +394,31 @@ def test_auto_bulk_twenty_distinct_then_released(net):
     assert all(leases[a] == n for a, n in zip(addresses, names)), leases
     assert not set(addresses) & before
     net.run(play([net.task("twenty gone", state="absent", ves=[{"name": n} for n in names])]))
+    assert not set(addresses) & set(net.leases()), "leases of removed VEs are left"
+
+
+def test_auto_twenty_parallel_runs_get_distinct_addresses(net):
+    """20 separate ansible-playbook runs, started at once, each creating one VE with an auto
+    address: no two VEs get the same address (the leases are the only coordination)."""
+    names = [net.name("q%02d" % i) for i in range(20)]
+    before = set(net.leases())
+
+    def create(name):
+        task = net.task("one", template="busybox", state="present",
+                        network=[{"bridge": net.bridge, "ipv4": ["auto"]}], name=name)
+        return net.run(play([task])).task("one")["ve"]["ips"]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(create, names))
+    addresses = [ips[0] for ips in results]
+    try:
+        assert len(set(addresses)) == 20, addresses
+        assert not set(addresses) & before
+        leases = net.leases()
+        assert all(leases[a] == n for a, n in zip(addresses, names)), leases
+        assert all(net.meta(n)["network"][0]["ipv4"][0].split("/")[0] == a for n, a in zip(names, addresses))
+    finally:
+        net.run(play([net.task("gone", state="absent", ves=[{"name": n} for n in names])]))
     assert not set(addresses) & set(net.leases()), "leases of removed VEs are left"
 
 
