@@ -23,6 +23,7 @@ class CgroupTree:
 
     def __init__(self, mountinfo='/proc/self/mountinfo'):
         self.v1 = {}         # controller -> mount point
+        self.named = {}      # name of a v1 hierarchy without controllers (name=systemd) -> mount point
         self.v2 = None       # mount point of the unified tree
         self.v2_controllers = set()
         self._read(mountinfo)
@@ -44,6 +45,8 @@ class CgroupTree:
                     self.v2 = mount_point
             elif fstype == 'cgroup':
                 for opt in options.split(','):
+                    if opt.startswith('name='):
+                        self.named.setdefault(opt[len('name='):], mount_point)
                     if opt in ('rw', 'ro') or opt.startswith('name=') or '=' in opt:
                         continue
                     self.v1.setdefault(opt, mount_point)
@@ -75,8 +78,12 @@ class CgroupTree:
         return os.path.join(mount, parent, ve) if mount else None
 
     def ve_dirs(self, parent, ve):
-        """Every directory that can hold the VE's cgroup or its monitor's, in every hierarchy."""
-        mounts = set(self.v1.values())
+        """Every directory that can hold the VE's cgroup or its monitor's, in every hierarchy.
+
+        Named v1 hierarchies count: LXC makes the VE's cgroups in name=systemd too, and an empty
+        leftover there alone makes the next start fail with "Failed to create monitor cgroup".
+        """
+        mounts = set(self.v1.values()) | set(self.named.values())
         if self.v2:
             mounts.add(self.v2)
         dirs = []

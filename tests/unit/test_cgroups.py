@@ -27,6 +27,9 @@ def test_hybrid(tmp_path):
     assert tree.controller('pids') == (None, None)
     assert 'systemd' not in tree.v1
     assert tree.ve_path('memory', 'vz', 'web1') == '/sys/fs/cgroup/memory/vz/web1'
+    # LXC makes cgroups in the named hierarchy too: leftovers there must be found and removed
+    assert tree.named == {'systemd': '/sys/fs/cgroup/systemd'}
+    assert '/sys/fs/cgroup/systemd/vz.monitor/web1' in tree.ve_dirs('vz', 'web1')
 
 
 def test_v2(tmp_path):
