@@ -45,9 +45,12 @@ except ImportError:
     # The module reports this with one clear message; see ``require_pyroute2``.
     HAS_PYROUTE2 = False
     PYROUTE2_IMPORT_ERROR = traceback.format_exc()
+    IPRoute = None  # pylint: disable=invalid-name
 
     class NetlinkError(Exception):  # type: ignore[no-redef]
         """Stand-in so that ``except NetlinkError`` stays valid without pyroute2."""
+
+        code = 0
 
 
 PYROUTE2_MISSING_MSG = (

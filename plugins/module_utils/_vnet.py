@@ -39,25 +39,13 @@ import ipaddress
 import os
 import socket
 import time
-import traceback
 from contextlib import contextmanager
 
 from . import _validate
 from ._errors import VzError
 
-try:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-    HAS_PYROUTE2 = True
-    PYROUTE2_IMPORT_ERROR = None
-except ImportError:
-    HAS_PYROUTE2 = False
-    PYROUTE2_IMPORT_ERROR = traceback.format_exc()
-
-    class NetlinkError(Exception):  # type: ignore[no-redef]
-        """Stand-in so that ``except NetlinkError`` stays valid without pyroute2."""
-
-        code = 0
+# pyroute2 as _net imports it (None / a stand-in NetlinkError where it is missing)
+from ._net import HAS_PYROUTE2, PYROUTE2_IMPORT_ERROR, IPRoute, NetlinkError
 
 
 CLONE_NEWNET = 0x40000000
