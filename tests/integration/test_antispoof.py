@@ -37,7 +37,16 @@ import pytest
 
 # The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
 from test_ve import BRIDGE, GATEWAY, bridge, ctx  # noqa: F401 pylint: disable=unused-import
+import features  # noqa: E402  pylint: disable=wrong-import-position
 from vzlib import ping, sh
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_features():
+    """Anti-spoofing (an nftables netdev ingress chain per VE link) needs nft_netdev (features.py); a host without them cannot shape or guard, so these tests do not apply."""
+    missing = [features.why_not(name) for name in ('nft_netdev',) if not features.have(name)]
+    if missing:
+        pytest.skip("needs anti-spoofing (an nftables netdev ingress chain per VE link): " + "; ".join(missing))
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_UTILS = REPO / "plugins" / "module_utils"

@@ -28,7 +28,16 @@ import pytest
 
 # The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
 from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, ctx  # noqa: F401 pylint: disable=unused-import
+import features  # noqa: E402  pylint: disable=wrong-import-position
 from vzlib import settle_cgroups, sh
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_features():
+    """Net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program) needs ifb, ebpf, nft_netdev (features.py); a host without them cannot shape or guard, so these tests do not apply."""
+    missing = [features.why_not(name) for name in ('ifb', 'ebpf', 'nft_netdev') if not features.have(name)]
+    if missing:
+        pytest.skip("needs net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program): " + "; ".join(missing))
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPING_PY = REPO / "plugins" / "module_utils" / "_shaping.py"
