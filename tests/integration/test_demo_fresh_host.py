@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
+import time
 from pathlib import Path
 
 import yaml
@@ -53,7 +54,9 @@ def test_demo_from_zero_on_a_new_lab_host_then_unchanged(lab, run_playbook, tmp_
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {host: dict(_lab_host_vars(lab.inventory, host), **fresh)}}}))
     names = ["demo-%02d" % n for n in range(1, 11)]
     try:
+        started = time.monotonic()
         first = run_playbook(DEMO, inventory=inventory)
+        print("demo from zero: %.1f s" % (time.monotonic() - started))
         assert first.stats[host]["changed"] > 0, first.report()
         table = first.task("Show what was done", host=host).result["msg"]
         assert table[0].endswith("(built now)"), table
@@ -66,7 +69,9 @@ def test_demo_from_zero_on_a_new_lab_host_then_unchanged(lab, run_playbook, tmp_
         assert (cpuset / "cpuset.cpus").read_text().strip(), cpuset
         assert Path("/sys/fs/cgroup/pids", fresh["host_cgroup_parent"], names[0], "pids.max").read_text() == "128\n"
 
+        started = time.monotonic()
         again = run_playbook(DEMO, inventory=inventory)
+        print("demo again: %.1f s" % (time.monotonic() - started))
         changed = {h: s["changed"] for h, s in again.stats.items() if s["changed"]}
         assert changed == {}, again.report()
         assert again.task("Show what was done", host=host).result["msg"][1] == \
