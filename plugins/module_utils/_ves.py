@@ -1010,6 +1010,11 @@ class VeManager:
         warnings = []
         if meta.get('privileged') and state != 'absent':
             warnings.append('VE %s is privileged: root inside it is root on the host' % plan['name'])
+        if meta.get('autostart') and meta.get('network') and state != 'absent' and not os.path.exists(NET_HOOK):
+            # the modules guard and shape at start themselves; lxc-autostart at boot runs only the hook
+            warnings.append('VE %s starts at boot, but the network hook %s is not installed: lxc-autostart would '
+                            'start it without its anti-spoofing filter and network rate; run the osvirt.vz.host '
+                            'role on this host' % (plan['name'], NET_HOOK))
         writes = plan.get('limit_done')
         if writes is None:
             writes = [(p, _limits.read_file(p), v) for p, v in plan.get('limit_writes') or []]

@@ -112,10 +112,10 @@ def test_host_role_twice_second_run_unchanged(preconditions, tmp_path):
     # autostart: unit on systemd hosts, a hint otherwise
     if Path("/run/systemd/system").exists():
         unit = Path("/etc/systemd/system/osvirt-vz-autostart.service").read_text()
-        assert "ExecStart=/usr/bin/lxc-autostart -P /var/lib/vz/ves" in unit
+        assert "ExecStart=/usr/libexec/osvirt-vz/autostart /var/lib/vz" in unit
         assert "ExecStop=/usr/bin/lxc-autostart -s -P /var/lib/vz/ves" in unit
     else:
-        assert "'/usr/bin/lxc-autostart -P /var/lib/vz/ves' at boot" in out
+        assert "'/usr/libexec/osvirt-vz/autostart /var/lib/vz' at boot" in out
 
     # second run and a check-mode run change nothing
     rc, out, recap = run_role(tmp_path)
