@@ -51,6 +51,8 @@ OWNED_PREFIXES = (
 
 # The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
 NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
+# interfaces whose guard chains the removal of a VE with an unreadable ve.json looks for
+MAX_BROKEN_LINKS = 8
 _LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
 # lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
 _LIVE_NET_KEYS = ('ipv4.address', 'ipv4.gateway', 'ipv6.address', 'ipv6.gateway')
@@ -557,14 +559,24 @@ class VeManager:
         self.cgroups = CgroupTree()
 
     # -- reading --------------------------------------------------------------------------
-    def read_meta(self, name):
-        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
+    def read_meta(self, name, broken_ok=False):
+        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours.
+
+        A ve.json that is not JSON (cut short) makes the VE broken: an error naming it, or with
+        ``broken_ok`` (removal, listing) ``{'name': name, 'broken': why}``.
+        """
         directory = self.host.ve_dir(name)
         if not os.path.lexists(directory):
             return None
         if os.path.islink(directory) or not os.path.isdir(directory):
             raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
-        meta = read_json(os.path.join(directory, 've.json'))
+        try:
+            meta = read_json(os.path.join(directory, 've.json'))
+        except VzError as exc:
+            why = 'VE %s is broken: %s (state: absent still removes it)' % (name, exc.message)
+            if broken_ok:
+                return {'name': name, 'broken': why}
+            raise VzError(why)
         if not isinstance(meta, dict):
             raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
         return meta
@@ -585,7 +597,10 @@ class VeManager:
         change without restarting it. A record with another pid is stale (the VE was restarted by
         other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
         """
-        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        try:
+            record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        except VzError:   # a record cut short by a crash: the VE runs what is on disk
+            record = {}
         if pid is not None and record.get('pid') == pid and record.get('config'):
             return record['config']
         return config_digest(on_disk_items)
@@ -816,7 +831,7 @@ class VeManager:
     def _plan(self, spec, listed, restart):
         name = spec['name']
         desired_state = spec.get('state') or 'started'
-        meta = self.read_meta(name)
+        meta = self.read_meta(name, broken_ok=desired_state == 'absent')
         if meta is None and spec.get('must_exist'):
             raise VzError('VE %s does not exist on this host (%s)' % (name, self.host.ves_dir))
         if meta is None:
@@ -1073,6 +1088,11 @@ class VeManager:
             result = self._result(plan, plan['new_meta'] or plan['meta'] or {'name': name}, state, None, done,
                                   error=message)
             result['error_details'] = {k: v for k, v in details.items() if k in ('cmd', 'rc', 'stdout', 'stderr')}
+            # what was done and then undone (live limits put back, a new VE removed) is no change
+            undone = {'limits %s' % name, 'roll back limits %s' % name, 'create %s' % name, 'roll back %s' % name}
+            if state == plan['current'] and set(done) <= undone and \
+                    ('roll back limits %s' % name in done or 'roll back %s' % name in done):
+                result['changed'] = False
             return result
         meta = plan['new_meta'] or plan['meta'] or {'name': name}
         return self._result(plan, meta, state, pid, done)
@@ -1307,9 +1327,13 @@ class VeManager:
                     _shaping().clear_shaping(iface['host_link'])
                 except VzError:
                     pass  # the IFB device goes with the VE's link; a leftover is reported by ve_info
-        antispoof = _antispoof() if meta.get('network') else None
-        for iface in meta.get('network') or [] if antispoof is not None else []:
-            antispoof.remove_filter(iface['host_link'])
+        links = [iface['host_link'] for iface in meta.get('network') or []]
+        if meta.get('broken'):   # its interfaces are unknown: the links its name gives, where guarded
+            parent = self.host.cgroup_parent
+            links = [host_link_name(name, index, parent) for index in range(MAX_BROKEN_LINKS)]
+        antispoof = _antispoof() if links else None
+        for link in links if antispoof is not None else []:
+            antispoof.remove_filter(link)
         if meta.get('network') or os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
             self._leases().release(name)
         try:
@@ -1326,9 +1350,13 @@ class VeManager:
         for name in self.names():
             if wanted is not None and name not in wanted:
                 continue
-            meta = self.read_meta(name)
+            meta = self.read_meta(name, broken_ok=True)
             entry = listed.get(name) or {'state': 'stopped', 'pid': None}
             if states and entry['state'] not in states:
+                continue
+            broken = meta.get('broken') or self._config_broken(name)
+            if broken:
+                result.append(dict(public_view({'name': name}, entry['state'], entry['pid']), broken=broken))
                 continue
             view = public_view(meta, entry['state'], entry['pid'])
             view['restart_required'] = False
@@ -1353,6 +1381,17 @@ class VeManager:
                 view['usage'] = self.accounting(meta, entry['state'])
             result.append(view)
         return result
+
+    def _config_broken(self, name):
+        """Why a VE's LXC config is unusable (missing, or empty: cut short), or None."""
+        path = os.path.join(self.host.ve_dir(name), 'config')
+        try:
+            if os.path.getsize(path) > 0:
+                return None
+        except OSError:
+            return 'VE %s is broken: its LXC config %s is missing (state: absent still removes it)' % (name, path)
+        return ('VE %s is broken: its LXC config %s is empty (cut short by a full disk or a crash); a run with its '
+                'state writes it again, state: absent removes the VE' % (name, path))
 
     def accounting(self, meta, state):
         """Use against each limit and limit hits of a VE: memory, numproc, cpu (running VEs), disk, net."""
