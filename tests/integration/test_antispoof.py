@@ -41,13 +41,6 @@ import features  # noqa: E402  pylint: disable=wrong-import-position
 from vzlib import ping, sh
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _kernel_features():
-    """Anti-spoofing (an nftables netdev ingress chain per VE link) needs nft_netdev (features.py); a host without them cannot shape or guard, so these tests do not apply."""
-    missing = [features.why_not(name) for name in ('nft_netdev',) if not features.have(name)]
-    if missing:
-        pytest.skip("needs anti-spoofing (an nftables netdev ingress chain per VE link): " + "; ".join(missing))
-
 REPO = Path(__file__).resolve().parents[2]
 MODULE_UTILS = REPO / "plugins" / "module_utils"
 HOOK = REPO / "roles" / "host" / "files" / "osvirt-vz-net-hook"
@@ -87,6 +80,15 @@ sock.bind((sys.argv[1], 0))
 for frame in sys.argv[2:]:
     sock.send(bytes.fromhex(frame))
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_features():
+    """Anti-spoofing (an nftables netdev ingress chain per VE link) needs nft_netdev (features.py):
+    a host without it cannot guard VE links, so these tests do not apply there."""
+    missing = [features.why_not(name) for name in ('nft_netdev',) if not features.have(name)]
+    if missing:
+        pytest.skip("needs anti-spoofing (an nftables netdev ingress chain per VE link): " + "; ".join(missing))
 
 
 class Lab:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import features  # noqa: E402  pylint: disable=wrong-import-position
 from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, ctx  # noqa: E402,F401  pylint: disable=unused-import
@@ -64,6 +66,10 @@ def _power_cut(ctx, names):
     assert not any(Path("/proc/%d" % pid).exists() for pid in pids)
 
 
+def _cgroup(ctx, controller, name, file_name):
+    return (CG / controller / ctx.parent / name / file_name).read_text().strip()
+
+
 def _shaping(*args):
     code = ("import json, sys; sys.path.insert(0, %r); import _shaping; "
             "print(json.dumps(_shaping.read_shaping(%r)))" % (str(MODULE_UTILS), args[0]))
@@ -75,10 +81,11 @@ def _guard_chain(link):
 
 
 def test_every_autostart_ve_comes_back_after_a_power_cut(ctx, run_playbook):
-    wanted = [features.why_not(f) for f in ("ifb", "ebpf", "nft_netdev") if not features.have(f)]
-    assert not wanted, "this host cannot shape or guard VE links: %s" % wanted
-    run_playbook(play([{"name": "hook", "ansible.builtin.include_role": {"name": "osvirt.vz.host",
-                                                                        "tasks_from": "net_hook"}}]))
+    missing = [features.why_not(f) for f in ("ifb", "ebpf", "nft_netdev") if not features.have(f)]
+    if missing:   # what such a host gets (a rate refused, a VE that does not start unguarded): test_limits_net.py
+        pytest.skip("this host cannot shape or guard VE links: %s" % "; ".join(missing))
+    hook = {"name": "osvirt.vz.host", "tasks_from": "net_hook"}
+    run_playbook(play([{"name": "hook", "ansible.builtin.include_role": hook}]))
     limits = {"cpu": {"limit": "50%"}, "memory": {"ram": "96M"}, "numproc": 64, "net": {"rate": "8Mbit"}}
     names = [ctx.name(s) for s in ("a", "b", "c")]
     ves = [{"name": n, "autostart": n != names[2], "limits": limits,
@@ -97,10 +104,9 @@ def test_every_autostart_ve_comes_back_after_a_power_cut(ctx, run_playbook):
         (ctx.ves / n / "lxc.log").read_text()[-3000:] for n in names if (ctx.ves / n / "lxc.log").exists())
     for i, name in enumerate(names[:2]):
         assert ctx.lxc_state(name) == "RUNNING", (name, boot.stdout + boot.stderr)
-        cgroup = lambda controller, f: (CG / controller / ctx.parent / name / f).read_text().strip()  # noqa: E731
-        assert cgroup("memory", "memory.limit_in_bytes") == str(96 << 20)
-        assert cgroup("pids", "pids.max") == "64"
-        assert cgroup("cpu", "cpu.cfs_quota_us") == "50000"
+        assert _cgroup(ctx, "memory", name, "memory.limit_in_bytes") == str(96 << 20)
+        assert _cgroup(ctx, "pids", name, "pids.max") == "64"
+        assert _cgroup(ctx, "cpu", name, "cpu.cfs_quota_us") == "50000"
         shaping = _shaping(links[name])
         assert shaping and shaping.get("rate_bps") == 8 * MBIT, shaping
         guard = _guard_chain(links[name])

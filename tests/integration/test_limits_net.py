@@ -32,13 +32,6 @@ import features  # noqa: E402  pylint: disable=wrong-import-position
 from vzlib import settle_cgroups, sh
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _kernel_features():
-    """Net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program) needs ifb, ebpf, nft_netdev (features.py); a host without them cannot shape or guard, so these tests do not apply."""
-    missing = [features.why_not(name) for name in ('ifb', 'ebpf', 'nft_netdev') if not features.have(name)]
-    if missing:
-        pytest.skip("needs net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program): " + "; ".join(missing))
-
 REPO = Path(__file__).resolve().parents[2]
 SHAPING_PY = REPO / "plugins" / "module_utils" / "_shaping.py"
 HOOK = REPO / "roles" / "host" / "files" / "osvirt-vz-net-hook"
@@ -81,6 +74,16 @@ print(json.dumps(samples), flush=True)
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_features():
+    """net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program)
+    needs ifb, ebpf and nft_netdev (features.py): a host without them cannot shape, so these tests
+    do not apply there."""
+    missing = [features.why_not(name) for name in ('ifb', 'ebpf', 'nft_netdev') if not features.have(name)]
+    if missing:
+        pytest.skip("net.rate shaping needs IFB, eBPF and nft netdev: " + "; ".join(missing))
 
 
 def shaping(func, *args):

@@ -40,8 +40,8 @@ def _snapshot(root):
 def test_a_ve_cut_to_zero_bytes_is_reported_broken_and_can_be_removed(ctx):
     keep = ctx.name("keep")
     meta_cut, config_cut = ctx.name("meta"), ctx.name("conf")
-    ctx.run(play([{"name": "make", "osvirt.vz.ve": ctx.ve(template="busybox", state="present",
-                                                         ves=[{"name": meta_cut}, {"name": config_cut}])}]))
+    make = ctx.ve(template="busybox", state="present", ves=[{"name": meta_cut}, {"name": config_cut}])
+    ctx.run(play([{"name": "make", "osvirt.vz.ve": make}]))
     (ctx.ves / meta_cut / "ve.json").write_bytes(b"")
     (ctx.ves / config_cut / "config").write_bytes(b"")
 
