@@ -121,6 +121,7 @@ class _Probe:
         self._error = None
         self._lock = threading.Lock()
         self._started = self._ended = None
+        self.timeout = 1.0
 
     def start(self):
         if not os.path.exists(LAN_NETNS_PATH):
@@ -131,16 +132,17 @@ class _Probe:
         return self
 
     def stop(self, timeout=None):
-        """Ask the loop to end and wait for it (at most ``timeout`` s, default interval + 3 s)."""
+        """Ask the loop to end and wait for it (at most ``timeout`` s; by default long enough for
+        the last probe's reply timeout)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.interval + 3.0 if timeout is None else timeout)
+            self._thread.join(self.interval + self.timeout + 3.0 if timeout is None else timeout)
         return self.result()
 
     def wait(self):
         """Wait until the loop ends by itself (duration or count reached)."""
         if self._thread is not None:
-            self._thread.join(self.duration + self.interval + 5.0)
+            self._thread.join(self.duration + self.interval + self.timeout + 5.0)
         return self.result()
 
     def running(self):
