@@ -206,4 +206,3 @@ def announce(pid, ifname, addresses, count=DEFAULT_COUNT, interval=DEFAULT_INTER
                     raise AnnounceError('%s: could not announce %s: %s (errno %d)'
                                         % (where, address, exc.strerror, exc.errno)) from None
     return actions
-

@@ -19,12 +19,11 @@ MAC = "02:16:3e:aa:bb:cc"
 
 def test_gratuitous_arp_bytes():
     frame = _announce.arp_announcement(MAC, "10.20.0.37")
-    want = bytes.fromhex(
-        "ffffffffffff" "02163eaabbcc" "0806"          # broadcast, from the VE, ARP
-        "0001" "0800" "06" "04" "0001"                 # Ethernet/IPv4, request
-        "02163eaabbcc" "0a140025"                      # sender: the VE's MAC and address
-        "000000000000" "0a140025"                      # target: zero MAC, the same address
-    ) + bytes(18)                                      # padded to 60 bytes
+    want = (bytes.fromhex("ffffffffffff 02163eaabbcc 0806")     # broadcast, from the VE, ARP
+            + bytes.fromhex("0001 0800 06 04 0001")           # Ethernet/IPv4, request
+            + bytes.fromhex("02163eaabbcc 0a140025")          # sender: the VE's MAC and address
+            + bytes.fromhex("000000000000 0a140025")          # target: zero MAC, the same address
+            + bytes(18))                                       # padded to 60 bytes
     assert frame == want
     assert len(frame) == 60
 
@@ -40,16 +39,16 @@ def test_neighbour_advertisement_bytes():
     frame = _announce.neighbour_advertisement(MAC.upper(), "fd00:20::25")
     target = ipaddress.IPv6Address("fd00:20::25").packed
     all_nodes = ipaddress.IPv6Address("ff02::1").packed
-    assert frame[:14] == bytes.fromhex("333300000001" "02163eaabbcc" "86dd")
+    assert frame[:14] == bytes.fromhex("333300000001 02163eaabbcc 86dd")
     # IPv6 header: version 6, payload 32 bytes, ICMPv6, hop limit 255 (RFC 4861 requires it)
-    assert frame[14:22] == bytes.fromhex("60000000" "0020" "3a" "ff")
+    assert frame[14:22] == bytes.fromhex("60000000 0020 3a ff")
     assert frame[22:38] == target and frame[38:54] == all_nodes
     icmp = frame[54:]
     assert len(icmp) == 32 and len(frame) == 86
     assert icmp[0:2] == bytes.fromhex("8800")               # type 136, code 0
     assert icmp[4:8] == bytes.fromhex("20000000")           # Override only: not Router, not Solicited
     assert icmp[8:24] == target
-    assert icmp[24:32] == bytes.fromhex("0201" "02163eaabbcc")   # target link-layer address option
+    assert icmp[24:32] == bytes.fromhex("0201 02163eaabbcc")   # target link-layer address option
     # the checksum makes the one's complement sum over the pseudo-header and message 0xffff
     pseudo = target + all_nodes + struct.pack("!I3xB", 32, 58)
     assert _ones_complement_sum(pseudo + icmp) == 0xffff
