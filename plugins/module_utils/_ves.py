@@ -795,7 +795,7 @@ class VeManager:
         try:
             self.client.start(name, logfile=log)
         except VzError as exc:
-            tail = _tail(log)
+            tail = log_tail(log)
             # let the aborted start's monitor finish, so that the caller (or a retry) can start again
             self.cgroups.settle(parent, name)
             raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
@@ -899,7 +899,8 @@ def _read_bytes(path):
         return handle.read()
 
 
-def _tail(path, lines=5):
+def log_tail(path, lines=5):
+    """The last ``lines`` non-empty lines of a log file in one line ('' when it cannot be read)."""
     try:
         with open(path, 'r', encoding='utf-8', errors='replace') as handle:
             text = handle.read()[-4000:]
