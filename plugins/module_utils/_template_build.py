@@ -35,7 +35,8 @@ from ._host import IdMap
 from ._idshift import shift_tree
 from ._locks import Lock
 from ._template_busybox import build_busybox
-from ._ves import render_config, is_owned, log_tail
+from ._ve_config import is_owned, render_config
+from ._ve_ops import log_tail
 
 # What every debootstrap template gets besides the variant's own packages: an init that boots
 # in a VE, the tools to see the network LXC configures, and python3 so that Ansible runs inside.

@@ -22,44 +22,23 @@ per-VE lock and rolls a new VE back if its first start fails.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import _limits, _quota, _validate
-from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_inside, write_json
+from ._fs import atomic_write, disk_usage, remove_tree, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
-from ._templates import TemplateStore
-from ._ve_net import (LIVE_NET_KEYS, VeNetwork, check_forwarding, describe_live, normalize_network,
-                      plan_live_network, resolv_conf, config_items as net_config_items)
+from ._ve_config import config_digest, is_owned
+from ._ve_net import check_forwarding, describe_live, normalize_network, plan_live_network, resolv_conf
+from ._ve_ops import VeOps
 
 STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
 META_SCHEMA = 1
-
-# Keys of the LXC config that the collection writes; every other key is kept untouched.
-OWNED_PREFIXES = (
-    'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
-    'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
-    'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
-    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
-) + _limits.OWNED_PREFIXES
-
-# The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
-NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
-_LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
-# lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
-
-# Security defaults of every VE (DESIGN.md section 7). Device rules follow LXC's common.conf.
-DROPPED_CAPABILITIES = 'mac_admin mac_override sys_module sys_rawio sys_time'
-SECCOMP_PROFILE = '/usr/share/lxc/config/common.seccomp'
-_DEVICES = ('c *:* m', 'b *:* m', 'c 1:3 rwm', 'c 1:5 rwm', 'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm',
-            'c 5:0 rwm', 'c 5:1 rwm', 'c 5:2 rwm', 'c 136:* rwm', 'c 10:229 rwm')
 
 # What a new VE gets for options the task leaves out.
 SPEC_DEFAULTS = {
@@ -71,11 +50,6 @@ SPEC_DEFAULTS = {
     'owner': None,
 }
 SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
-
-
-def is_owned(key):
-    """True for the LXC config keys the collection manages."""
-    return key.startswith(OWNED_PREFIXES)
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -141,55 +115,6 @@ def normalize_mounts(ve, mounts, host):
     return result
 
 
-def render_config(host, meta, lower_dirs, init, limit_items=()):
-    """The owned LXC config entries of a VE, as (key, value) pairs in a fixed order.
-
-    ``limit_items`` are the VE's limits as lxc.cgroup.* / lxc.cgroup2.* entries (``_limits.config_items``).
-    """
-    name = meta['name']
-    directory = host.ve_dir(name)
-    upper = os.path.join(directory, 'private', 'upper')
-    items = [
-        ('lxc.uts.name', meta.get('hostname') or name),
-        ('lxc.rootfs.path', 'overlay:' + ':'.join(list(lower_dirs) + [upper])),
-    ]
-    idmap = meta.get('idmap')
-    if idmap:
-        # inside a user namespace overlayfs cannot write trusted.* xattrs: without userxattr,
-        # removing a directory of a lower layer (it needs an opaque mark) fails with EIO
-        items.append(('lxc.rootfs.options', 'userxattr'))
-        items += [('lxc.idmap', 'u 0 %d %d' % (idmap['uid'], idmap['count'])),
-                  ('lxc.idmap', 'g 0 %d %d' % (idmap['gid'], idmap['count']))]
-    items += [
-        ('lxc.mount.auto', 'proc:mixed sys:mixed cgroup:mixed'),
-        ('lxc.cap.drop', DROPPED_CAPABILITIES),
-        ('lxc.seccomp.profile', SECCOMP_PROFILE),
-        ('lxc.tty.max', '4'),
-        ('lxc.pty.max', '1024'),
-    ]
-    if meta.get('apparmor'):
-        items += [('lxc.apparmor.profile', 'generated'), ('lxc.apparmor.allow_nesting', '0')]
-    items += [('lxc.cgroup.devices.deny', 'a')] + [('lxc.cgroup.devices.allow', d) for d in _DEVICES]
-    items += [('lxc.cgroup2.devices.deny', 'a')] + [('lxc.cgroup2.devices.allow', d) for d in _DEVICES]
-    parent = meta['cgroup_parent']
-    items += [
-        ('lxc.cgroup.dir.container', '%s/%s' % (parent, name)),
-        ('lxc.cgroup.dir.monitor', '%s.monitor/%s' % (parent, name)),
-        ('lxc.signal.halt', init.get('halt_signal', 'SIGPWR')),
-        ('lxc.signal.reboot', init.get('reboot_signal', 'SIGINT')),
-        ('lxc.start.auto', '1' if meta.get('autostart') else '0'),
-        ('lxc.log.file', os.path.join(directory, 'lxc.log')),
-        ('lxc.log.level', 'ERROR'),
-    ]
-    items += net_config_items(meta.get('network'))
-    for mount in meta.get('mounts') or []:
-        options = 'bind,create=%s%s' % ('dir' if os.path.isdir(mount['source']) else 'file',
-                                        ',ro' if mount['readonly'] else '')
-        items.append(('lxc.mount.entry', '%s %s none %s 0 0' % (mount['source'], mount['target'].lstrip('/'),
-                                                                options)))
-    return items + list(limit_items)
-
-
 def public_view(meta, state, pid=None):
     """The VE as modules return it."""
     network = meta.get('network') or []
@@ -209,28 +134,6 @@ def public_view(meta, state, pid=None):
     }
 
 
-def is_live_key(key):
-    """True for config keys whose change a running VE gets without a restart: limits, the hooks,
-    and the addresses and gateways of its interfaces (changed inside its network namespace)."""
-    if _limits.is_limit_key(key) or key in _LIVE_KEYS:
-        return True
-    return key.startswith('lxc.net.') and key.split('.', 3)[-1] in LIVE_NET_KEYS
-
-
-def config_digest(items):
-    """A short digest of owned config entries, order-insensitive.
-
-    Live keys (``is_live_key``) are left out: they are applied to a running VE live, so they never
-    make it stale.
-    """
-    # LXC answers a routed VE's gateway (proxy ARP/NDP) only from the start on: not live there
-    routed = {'lxc.net.%s.' % k.split('.')[2] for k, v in items
-              if k.startswith('lxc.net.') and k.endswith('.veth.mode') and v == 'router'}
-    kept = sorted(i for i in items if not is_live_key(i[0]) or
-                  i[0].endswith('.gateway') and i[0][:i[0].index('.', 8) + 1] in routed)
-    return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
-
-
 def spec_view(meta):
     """The part of the metadata that a task can ask for; used for --diff (limits with unit strings)."""
     view = {k: meta.get(k) for k in SPEC_KEYS if k in meta}
@@ -240,68 +143,16 @@ def spec_view(meta):
 
 
 # -- the manager -------------------------------------------------------------------------------
-class VeManager:
-    """Brings VEs of one host to the state tasks ask for."""
+class VeManager(VeOps):
+    """Brings VEs of one host to the state tasks ask for, with the steps of ``VeOps``."""
 
     def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4,
                  overcommit=None):
-        self.host = host
-        self.overcommit = overcommit if overcommit is not None else host.overcommit
-        self._facts = None
-        self._device = None
+        super().__init__(host, client, stop_timeout=stop_timeout, overcommit=overcommit)
         self._pending_limits = {}
-        self.client = client
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
-        self.stop_timeout = stop_timeout
         self.workers = workers
-        self.templates = TemplateStore(host)
-        self.net = VeNetwork(host)
-        self.cgroups = CgroupTree()
-
-    # -- reading --------------------------------------------------------------------------
-    def read_meta(self, name):
-        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
-        directory = self.host.ve_dir(name)
-        if not os.path.lexists(directory):
-            return None
-        if os.path.islink(directory) or not os.path.isdir(directory):
-            raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
-        meta = read_json(os.path.join(directory, 've.json'))
-        if not isinstance(meta, dict):
-            raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
-        return meta
-
-    def names(self):
-        """Names of every VE directory with a ve.json, sorted."""
-        try:
-            entries = os.listdir(self.host.ves_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in entries if _validate.VE_NAME_RE.fullmatch(n)
-                      and os.path.isfile(os.path.join(self.host.ves_dir, n, 've.json')))
-
-    def running_digest(self, name, pid, on_disk_items):
-        """Digest of the config a running VE was started with.
-
-        ``running.json`` records it with the init pid when this collection starts a VE or writes a
-        change without restarting it. A record with another pid is stale (the VE was restarted by
-        other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
-        """
-        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
-        if pid is not None and record.get('pid') == pid and record.get('config'):
-            return record['config']
-        return config_digest(on_disk_items)
-
-    def _record_running(self, name, pid, digest):
-        if pid is not None:
-            write_json(os.path.join(self.host.ve_dir(name), 'running.json'), {'pid': pid, 'config': digest})
-
-    def states(self):
-        """State and pid of every VE in one lxc-ls call; {} when the lxcpath does not exist yet."""
-        if not os.path.isdir(self.host.ves_dir):
-            return {}
-        return self.client.list()
 
     # -- desired state --------------------------------------------------------------------
     def desired_meta(self, spec, meta):
@@ -362,43 +213,6 @@ class VeManager:
         if tversion is None:
             return self.templates.manifest(cname, cversion)
         return self.templates.resolve('%s@%s' % (cname, tversion))
-
-    def desired_config(self, meta, manifest, create=False):
-        idmap = self.host.idmap() if meta.get('idmap') else None
-        if idmap is not None and (idmap.uid, idmap.gid) != (meta['idmap']['uid'], meta['idmap']['gid']):
-            raise VzError('VE %s was made for ids %d/%d but the host now maps %d/%d'
-                          % (meta['name'], meta['idmap']['uid'], meta['idmap']['gid'], idmap.uid, idmap.gid))
-        lowers = self.templates.lower_dirs(manifest, idmap, create=create)
-        limit_items = _limits.config_items(self.limit_settings(meta))
-        if meta.get('network') and os.path.exists(NET_HOOK):
-            # shaping and anti-spoofing live as long as the VE's link: the hook sets them at every start
-            limit_items += [('lxc.hook.start-host', NET_HOOK), ('lxc.hook.post-stop', NET_HOOK)]
-        return render_config(self.host, meta, lowers, manifest.get('init') or {}, limit_items)
-
-    # -- limits ---------------------------------------------------------------------------
-    @property
-    def facts(self):
-        """CPUs, memory, overcommit and cgroup layout of the host (read once)."""
-        if self._facts is None:
-            try:
-                overcommit = float(self.overcommit)
-            except (TypeError, ValueError):
-                raise VzError('overcommit must be a number such as 1.5, got %r' % (self.overcommit,))
-            self._facts = _limits.HostFacts(self.cgroups, overcommit=overcommit,
-                                            net_capacity=self.host.net_capacity)
-        return self._facts
-
-    def limit_settings(self, meta):
-        """The cgroup settings of a VE's limits (``_limits.Setting`` list)."""
-        limits = meta.get('limits') or {}
-        device = None
-        disk = limits.get('disk') or {}
-        if any(k in disk for k in ('read_bps', 'write_bps', 'read_iops', 'write_iops')):
-            if self._device is None:
-                self._device = _limits.block_device(self.host.ves_dir if os.path.isdir(self.host.ves_dir)
-                                                    else self.host.vz_root)
-            device = self._device
-        return _limits.cgroup_settings(meta['name'], limits, self.facts, device)
 
     def _plan_limits(self, plan, force):
         """Validate a change of limits and prepare its live writes; nothing changes here."""
@@ -494,7 +308,7 @@ class VeManager:
                 for result, plan in started:
                     result['ve']['pid'] = (final.get(result['ve']['name']) or {}).get('pid')
                     if 'start' in plan['steps'] and plan['config'] is not None and not result['error']:
-                        self._record_running(plan['name'], result['ve']['pid'], config_digest(plan['config']))
+                        self.record_running(plan['name'], result['ve']['pid'], config_digest(plan['config']))
             return results
         finally:
             for lock in reversed(locks):
@@ -526,7 +340,7 @@ class VeManager:
         config = self.desired_config(new_meta, manifest, create=False)
         config_changed = meta_changed = stale = False
         if meta is not None:
-            on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+            on_disk = self.config_on_disk(name)
             config_changed = sorted(on_disk) != sorted(config)
             meta_changed = spec_view(meta) != spec_view(new_meta)
             plan['disk_digest'] = config_digest(on_disk)
@@ -709,15 +523,12 @@ class VeManager:
         directory = self.host.ve_dir(name)
         if plan['current'] in ('running', 'frozen') and plan.get('disk_digest'):
             # the VE keeps running what it was started with: remember that before the file changes
-            on_disk = LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)
-            self._record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
+            on_disk = self.config_on_disk(name)
+            self.record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
         config = self.desired_config(plan['new_meta'], plan['manifest'], create=True)
         if plan.get('rebase'):  # what _undo_configure puts back if the VE fails on the new version
             plan['saved'] = {f: _read_bytes(os.path.join(directory, f)) for f in ('config', 've.json')}
-        cfg = LxcConfig.load(os.path.join(directory, 'config'))
-        cfg.replace_owned(is_owned, config)
-        cfg.save(os.path.join(directory, 'config'))
-        write_json(os.path.join(directory, 've.json'), plan['new_meta'])
+        self.write_registration(name, plan['new_meta'], config)
         if plan.get('release'):
             self.net.release(name, plan['release'])
 
@@ -774,59 +585,30 @@ class VeManager:
                             raise
                 if plan['current'] == 'frozen':
                     self.client.freeze(name)
-                self._record_running(name, self.client.state(name)['pid'], config_digest(
-                    LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)))
+                self.record_running(name, self.client.state(name)['pid'], config_digest(
+                    self.config_on_disk(name)))
         except Exception as exc:  # pragma: no cover - best effort, reported
             return '; putting %s back failed too: %s' % (plan['meta']['template'], exc)
         return '; VE %s is back on %s as it was' % (name, plan['meta']['template'])
 
     def _step_start(self, plan):
-        name = plan['name']
-        meta = plan['new_meta'] or plan['meta']
-        if plan['manifest'] is not None:   # the shifted template copy may not exist yet on this host
-            self.desired_config(meta, plan['manifest'], create=True)
-        parent = meta.get('cgroup_parent') or self.host.cgroup_parent
-        try:
-            self.cgroups.settle(parent, name)   # a monitor of an earlier, aborted start may still be leaving
-            self.cgroups.remove_stale(parent, name)
-        except OSError as exc:
-            raise VzError('VE %s is stopped but its cgroup still holds processes: %s' % (name, exc))
-        log = os.path.join(self.host.ve_dir(name), 'lxc.log')
-        try:
-            self.client.start(name, logfile=log)
-        except VzError as exc:
-            tail = log_tail(log)
-            # let the aborted start's monitor finish, so that the caller (or a retry) can start again
-            self.cgroups.settle(parent, name)
-            raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
-        self.net.after_start(meta)
+        self.start(plan['name'], plan['new_meta'] or plan['meta'], plan['manifest'])
 
     def _step_stop(self, plan):
-        self.client.stop(plan['name'], self.stop_timeout)
+        self.stop(plan['name'])
 
     def _step_kill(self, plan):
-        self.client.kill(plan['name'])
+        self.kill(plan['name'])
 
     def _step_freeze(self, plan):
-        self.client.freeze(plan['name'])
+        self.freeze(plan['name'])
 
     def _step_unfreeze(self, plan):
-        self.client.unfreeze(plan['name'])
+        self.unfreeze(plan['name'])
 
     def _step_destroy(self, plan):
         """Remove the VE: rename its directory away first (atomic), then delete it without following links."""
-        name = plan['name']
-        directory = self.host.ve_dir(name)
-        trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
-        os.rename(directory, os.path.join(trash, name))
-        meta = plan['meta'] or plan['new_meta'] or {}
-        _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
-        remove_tree(trash)
-        self.net.teardown(name, meta)
-        try:
-            self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
-        except OSError:
-            pass  # a cgroup LXC still tears down is no reason to report the removal as failed
+        self.unregister(plan['name'], plan['meta'] or plan['new_meta'] or {})
 
     # -- info -----------------------------------------------------------------------------
     def info(self, names=None, states=None, usage=True):
@@ -845,7 +627,7 @@ class VeManager:
             view['restart_required'] = False
             if entry['state'] in ('running', 'frozen'):
                 try:
-                    on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+                    on_disk = self.config_on_disk(name)
                 except OSError:
                     on_disk = []
                 view['restart_required'] = self.running_digest(name, entry['pid'], on_disk) != config_digest(on_disk)
@@ -897,13 +679,3 @@ def _final_state(state, steps):
 def _read_bytes(path):
     with open(path, 'rb') as handle:
         return handle.read()
-
-
-def log_tail(path, lines=5):
-    """The last ``lines`` non-empty lines of a log file in one line ('' when it cannot be read)."""
-    try:
-        with open(path, 'r', encoding='utf-8', errors='replace') as handle:
-            text = handle.read()[-4000:]
-    except OSError:
-        return ''
-    return ' | '.join(line.strip() for line in text.splitlines()[-lines:] if line.strip())

@@ -64,9 +64,9 @@ def find_cycle(edges):
 
 def test_the_graph_is_read():
     edges = graph()
-    assert "_validate" in edges["_ves"] and "_templates" in edges["_ves"]
+    assert "_validate" in edges["_ves"] and "_templates" in edges["_ve_ops"]
     assert "_engine.client" in edges["_template_build"]
-    assert "_ves" in edges["_template_build"]
+    assert "_ve_ops" in edges["_template_build"]
 
 
 def test_no_import_cycle_in_module_utils():
