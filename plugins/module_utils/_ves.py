@@ -150,6 +150,7 @@ class VeManager(VeOps):
                  overcommit=None):
         super().__init__(host, client, stop_timeout=stop_timeout, overcommit=overcommit)
         self._pending_limits = {}
+        self._parents_ready = set()
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
         self.workers = workers
@@ -221,6 +222,7 @@ class VeManager(VeOps):
         parent = new_meta['cgroup_parent']
         settings = self.limit_settings(new_meta)
         _limits.check(name, new, self.facts)
+        self.ensure_cgroup_parent(parent)
         _limits.check_files(name, settings, self.cgroups, parent)
         if any(_limits.get(new, *key) and _limits.get(new, *key) != _limits.get(old, *key)
                for key in _limits.GUARANTEES):
@@ -263,6 +265,21 @@ class VeManager(VeOps):
             old_settings = self.limit_settings(meta) if meta else []
             plan['limit_writes'] = _limits.pending(_limits.live_plan(old_settings, settings, self.cgroups, parent,
                                                                      name))
+
+    def ensure_cgroup_parent(self, parent):
+        """Make the VE parent cgroup exist (not in check mode), once per manager and parent.
+
+        A new host has none until the first VE starts, and the files some limits need exist only
+        below a hierarchy's root: checking them in the parent keeps the answer independent of
+        what ran on the host before.
+        """
+        if self.check_mode or parent in self._parents_ready:
+            return
+        try:
+            self.cgroups.ensure_parent(parent)
+        except OSError as exc:
+            raise VzError('cannot make the VE parent cgroup %s: %s' % (parent, exc))
+        self._parents_ready.add(parent)
 
     # -- the whole job --------------------------------------------------------------------
     def ensure(self, specs, restart=False):
