@@ -1,6 +1,6 @@
 # Copyright (c) osvirt developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VEs on one host: their metadata, LXC config, lifecycle and the plan that gets them there.
+"""VEs on one host: their metadata and the plan that gets them to the state a task asks for.
 
 PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
 
@@ -17,7 +17,9 @@ inside the VE's mount namespace: creating a VE copies no template file.
 
 The module front end calls ``VeManager.ensure(specs)``; everything else here is the means:
 ``plan_transitions`` (pure, unit-tested) decides the steps, ``VeManager`` runs them under a
-per-VE lock and rolls a new VE back if its first start fails.
+per-VE lock and rolls a new VE back if its first start fails. The steps on one VE are ``VeOps``
+(``_ve_ops.py``, shared with migration, snapshots and backups); its network is ``_ve_net.py``, its
+LXC config ``_ve_config.py``.
 """
 
 from __future__ import annotations
