@@ -292,7 +292,6 @@ def addresses_of(iface):
     return [str(ipaddress.ip_interface(a).ip) for key in ('ipv4', 'ipv6') for a in iface.get(key) or []]
 
 
-
 # lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
 LIVE_NET_KEYS = ('ipv4.address', 'ipv4.gateway', 'ipv6.address', 'ipv6.gateway')
 
@@ -331,7 +330,6 @@ def _lxc_address(cidr):
     return cidr
 
 
-
 # -- planning changes --------------------------------------------------------------------------
 def plan_live_network(meta, new_meta):
     """Address and gateway changes of a running VE's interfaces (same name and mode before and after)."""
@@ -349,7 +347,6 @@ def plan_live_network(meta, new_meta):
             changes.append({'iface': iface, 'add': add, 'remove': remove, 'gateways': gateways,
                             'host_link': old.get('host_link') or iface['host_link']})
     return changes
-
 
 
 def check_forwarding(name, meta, steps):
@@ -381,7 +378,6 @@ def describe_live(change):
     words = ['add %s' % a for a in change['add']] + ['remove %s' % a for a in change['remove']]
     words += ['%s %s' % (key, new or 'none') for key, (_old, new) in sorted(change['gateways'].items())]
     return '%s %s' % (change['iface']['name'], ', '.join(words))
-
 
 
 def _read_sysctl(path):
@@ -466,7 +462,6 @@ class VeNetwork:
                 self._task_addresses[address] = name
         new = {a for iface in network for a in addresses_of(iface)}
         return claims, [a for a in old if a not in new]
-
 
     def claim(self, name, claims, network, claimed):
         """Lease the addresses ``claims`` (from ``plan_addresses``) to VE ``name``.
