@@ -164,9 +164,9 @@ def test_announcement_moves_the_neighbour_entry(lan):
 
     pid = lan.pid("lab2", name)
     out = lan.py("lab2", """
-        from ansible_collections.osvirt.vz.plugins.module_utils import _announce, _antispoof, _ves
+        from ansible_collections.osvirt.vz.plugins.module_utils import _announce, _antispoof, _ve_net
         actions = _announce.announce(%d, "eth0", %r)
-        guard = _antispoof.read_filter(_ves.host_link_name(%r, 0, "vzlab-lab2"))
+        guard = _antispoof.read_filter(_ve_net.host_link_name(%r, 0, "vzlab-lab2"))
         print(json.dumps({"actions": actions, "guard": guard}))
     """ % (pid, [ip4 + "/24", ip6 + "/64"], name))
     assert out["actions"] == [
