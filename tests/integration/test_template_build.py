@@ -203,6 +203,14 @@ def test_debian12_ve_boots_to_running(deb_store, debian12, run_playbook):
         assert "10.20.0.120/24" in deb_store.attach(name, "ip", "-4", "addr", "show", "eth0").stdout
         assert deb_store.attach(name, "systemctl", "is-active", "ssh").stdout.strip() == "active"
         assert deb_store.attach(name, "test", "-s", "/etc/ssh/ssh_host_ed25519_key").returncode == 0
+        # the journal directory's ACL (group adm) names the VE's gid 4, so tmpfiles can set it again
+        journal = deb_store.attach(name, "journalctl", "-b", "-o", "cat", "--no-pager", check=False).stdout
+        assert "Setting access ACL" not in journal and "Setting default ACL" not in journal, \
+            [line for line in journal.splitlines() if "ACL" in line]
+        base = int(sh("awk", "-F:", '$1 == "root" {print $2; exit}', "/etc/subuid").stdout)
+        copy = deb_store.root / "templates" / "debian-12" / debian12 / "idmap" / ("%d-%d-65536-f2" % (base, base))
+        acl = _acl(copy / "rootfs" / "var/log/journal")
+        assert "group:4:" not in " ".join(acl) and "group:%d:r-x" % (base + 4) in acl, acl
         # a clean stop through systemd (SIGRTMIN+3) works
         start = time.monotonic()
         sh("lxc-stop", "-P", str(deb_store.ves), "-n", name, "--timeout", "30")
