@@ -127,7 +127,10 @@ def shift_inode(path, st, new_uid, new_gid):
     """Move one file's owner, ACL ids and capability root id; keep its mode bits."""
     uid, gid = new_uid(st.st_uid), new_gid(st.st_gid)
     link = stat.S_ISLNK(st.st_mode)
-    names = () if link else os.listxattr(path, follow_symlinks=False)
+    try:
+        names = () if link else os.listxattr(path, follow_symlinks=False)
+    except OSError:   # a file system without xattrs: owners only
+        names = ()
     caps = _xattr(path, CAP_XATTR) if CAP_XATTR in names and stat.S_ISREG(st.st_mode) else None
     acls = [(key, _xattr(path, key)) for key in ACL_XATTRS if key in names]
     if (uid, gid) != (st.st_uid, st.st_gid):
