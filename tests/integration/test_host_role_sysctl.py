@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vzlib import play, sh
+from vzlib import host_role_sysctls, play, restore_sysctls, sh
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-WANTED = list(yaml.safe_load((REPO / "roles/host/vars/main.yml").read_text())["host_sysctl_wanted"])
-NEIGH = [k for k in WANTED if ".neigh." in k]
+NEIGH = [k for k in yaml.safe_load((REPO / "roles/host/vars/main.yml").read_text())["host_sysctl_wanted"]
+         if ".neigh." in k]
 
 
 def _proc(key):
@@ -35,10 +35,11 @@ def _read(key):
 @pytest.fixture
 def saved_sysctls():
     """Every value the role may change, put back afterwards (also when the test fails)."""
-    before = {key: _proc(key).read_text().strip() for key in WANTED if _proc(key).exists()}
-    yield before
-    for key, value in before.items():
-        _proc(key).write_text(value + "\n")
+    before = host_role_sysctls()
+    try:
+        yield before
+    finally:
+        restore_sysctls(before)
 
 
 def _tasks(conf, ves):
