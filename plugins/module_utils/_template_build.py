@@ -4,9 +4,11 @@
 
 PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
 
-``TemplateStore.build`` (``_templates.py``) makes a staging directory in ``<vz_root>/.tmp``, calls
-one builder here with the empty ``<staging>/rootfs`` and the task's ``source`` dict, adds the
+``build`` here is the entry point: it checks the source, picks the builder, and hands it to
+``TemplateStore.publish`` (``_templates.py``), which makes a staging directory in ``<vz_root>/.tmp``,
+calls the builder with the empty ``<staging>/rootfs`` and the task's ``source`` dict, adds the
 common manifest fields (name, version, created, arch, checksum, size) and publishes by rename.
+The store never imports this file: building needs VEs (``_ves``), which need the store.
 A builder fills ``rootfs`` with files owned by HOST ids (root = 0) and returns the
 builder-specific part of the manifest (os, release, init, packages, parent). Whatever a builder
 leaves behind on failure is inside the staging directory, which ``build`` removes.
@@ -32,6 +34,9 @@ from ._fs import read_json, remove_tree
 from ._host import IdMap
 from ._idshift import shift_tree
 from ._locks import Lock
+from ._template_busybox import build_busybox
+from ._ve_config import is_owned, render_config
+from ._ve_ops import log_tail
 
 # What every debootstrap template gets besides the variant's own packages: an init that boots
 # in a VE, the tools to see the network LXC configures, and python3 so that Ansible runs inside.
@@ -572,9 +577,6 @@ def build_layer(store, rootfs, source):
     for removed ones) becomes the layer, shifted back to host ids; its manifest names the base
     as parent, so a VE on the layer stacks layer + base.
     """
-    # deferred: _ves imports _templates, which imports this module
-    from ._ves import render_config, is_owned, _tail  # pylint: disable=import-outside-toplevel
-
     base_ref, packages, files, commands = _layer_options(source)
     host = store.host
     base = store.resolve(base_ref)
@@ -608,7 +610,7 @@ def build_layer(store, rootfs, source):
             client.start(name, logfile=os.path.join(directory, 'lxc.log'))
         except VzError as exc:
             raise VzError('starting the build VE %s failed: %s; LXC log: %s'
-                          % (name, exc, _tail(os.path.join(directory, 'lxc.log'))), **exc.details)
+                          % (name, exc, log_tail(os.path.join(directory, 'lxc.log'))), **exc.details)
         installed = _run_layer_steps(client, name, packages, files, commands)
         client.kill(name)
         upper = os.path.join(private, 'upper')
@@ -669,8 +671,26 @@ def _has_dpkg(client, name):
 
 
 BUILDERS = {
+    'busybox': build_busybox,
     'debootstrap': build_debootstrap,
     'tarball': build_tarball,
     've': build_from_ve,
     'layer': build_layer,
 }
+
+
+def build(store, name, source, check_mode=False, if_absent=False):
+    """Build a new version of template ``name`` from ``source`` into ``store`` and publish it.
+
+    The source is checked first, in check mode too (then nothing is built and the predicted
+    manifest is returned). With ``if_absent``, a version published by a concurrent build while
+    this one waited for the template lock counts: nothing is built and None is returned.
+    """
+    kind = source.get('type')
+    if kind not in BUILDERS:
+        raise VzError('template source type %r is not supported here (supported: %s)'
+                      % (kind, ', '.join(sorted(BUILDERS))))
+    validate_source(source, store)
+    if check_mode:  # no lock: check mode must not even create the lock file
+        return {'name': name, 'version': store.new_version(name), 'source': source}
+    return store.publish(name, source, lambda rootfs: BUILDERS[kind](store, rootfs, source), if_absent=if_absent)
