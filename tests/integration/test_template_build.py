@@ -191,8 +191,12 @@ def test_debootstrap_debian12_four_steps(deb_store, four_steps):
 def test_debian12_ve_boots_to_running(deb_store, debian12, run_playbook):
     """An unprivileged VE on debian-12: systemd reaches 'running' with no failed unit; python3 works."""
     name = deb_store.name("sys")
-    run_playbook(_play([dict(deb_store.ve(name, "debian-12", "10.20.0.120"), name="ve")]))
+    task = deb_store.ve(name, "debian-12", "10.20.0.120")
+    task["osvirt.vz.ve"].update(wait_for="running", wait_timeout=120)
+    run = run_playbook(_play([dict(task, name="ve")]))     # fails unless systemd says running in time
     try:
+        boot = run.task("ve")["ve"]["boot"]
+        assert boot["method"] == "systemctl" and boot["state"] == "running" and boot["failed_units"] == [], boot
         state = _wait_running(deb_store, name)
         failed = deb_store.attach(name, "systemctl", "--failed", "--no-legend", "--plain", check=False).stdout
         assert state == "running", "is-system-running: %s; failed units:\n%s" % (state, failed)
