@@ -215,10 +215,8 @@ def test_debian12_ve_boots_to_running(deb_store, debian12, run_playbook):
         copy = deb_store.root / "templates" / "debian-12" / debian12 / "idmap" / ("%d-%d-65536-f2" % (base, base))
         acl = _acl(copy / "rootfs" / "var/log/journal")
         assert "group:4:" not in " ".join(acl) and "group:%d:r-x" % (base + 4) in acl, acl
-        # a clean stop through systemd (SIGRTMIN+3) works
-        start = time.monotonic()
-        sh("lxc-stop", "-P", str(deb_store.ves), "-n", name, "--timeout", "30")
-        assert time.monotonic() - start < 30
+        # a clean stop through systemd (SIGRTMIN+3) works: --nokill fails instead of killing
+        sh("lxc-stop", "-P", str(deb_store.ves), "-n", name, "--nokill", "--timeout", "120")
     finally:
         run_playbook(_play([dict(deb_store.ve(name, "debian-12", state="absent"), name="rm")]))
 
