@@ -46,7 +46,7 @@ OWNED_PREFIXES = (
     'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
     'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
     'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
-    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
+    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop', 'lxc.console.path',
 ) + _limits.OWNED_PREFIXES
 
 # The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
@@ -68,6 +68,8 @@ SPEC_DEFAULTS = {
     'mounts': [],
     'network': [],
     'privileged': False,
+    'ttys': 0,                 # lxc.tty.max; 0 keeps the VE checkpointable (CRIU, docs/criu.md)
+    'console': True,           # false: lxc.console.path = none, which LXC 5.0's restore needs
     'owner': None,
 }
 SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
@@ -431,9 +433,11 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
         ('lxc.mount.auto', 'proc:mixed sys:mixed cgroup:mixed'),
         ('lxc.cap.drop', DROPPED_CAPABILITIES),
         ('lxc.seccomp.profile', SECCOMP_PROFILE),
-        ('lxc.tty.max', '4'),
+        ('lxc.tty.max', str(meta.get('ttys') or 0)),
         ('lxc.pty.max', '1024'),
     ]
+    if meta.get('console') is False:
+        items.append(('lxc.console.path', 'none'))
     if meta.get('apparmor'):
         items += [('lxc.apparmor.profile', 'generated'), ('lxc.apparmor.allow_nesting', '0')]
     items += [('lxc.cgroup.devices.deny', 'a')] + [('lxc.cgroup.devices.allow', d) for d in _DEVICES]
@@ -617,6 +621,8 @@ class VeManager:
         if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
                 all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
             raise VzError('VE %s: invalid hostname %r' % (name, new['hostname']))
+        if not isinstance(new['ttys'], int) or isinstance(new['ttys'], bool) or not 0 <= new['ttys'] <= 16:
+            raise VzError('VE %s: ttys must be a number from 0 to 16, got %r' % (name, new['ttys']))
         if meta and bool(meta.get('privileged')) != bool(new['privileged']):
             raise VzError('VE %s: privileged cannot change on an existing VE (its files are owned by other '
                           'ids); create a new VE instead' % name)
