@@ -228,7 +228,10 @@ def dump_blockers(config, host=None):
     ttys = last('lxc.tty.max', '0')
     if ttys not in ('', '0'):
         reasons.append('lxc.tty.max = %s: the VE\'s /dev/tty1..%s are host ptys that CRIU cannot dump '
-                       '(set ttys: 0; the console, lxc-console -t 0, stays)' % (ttys, ttys))
+                       '(set ttys: 0)' % (ttys, ttys))
+    if last('lxc.console.path') != 'none':
+        reasons.append('the VE has a console (lxc.console.path is not none): LXC 5.0 restores a dump of it '
+                       'only with a console it does not set up, and fails (set console: false)')
     profile = last('lxc.apparmor.profile')
     if profile and profile != 'unconfined' and not _host_apparmor(host):
         reasons.append('lxc.apparmor.profile = %s but the kernel has no AppArmor: lxc-checkpoint restores '
@@ -263,6 +266,46 @@ def dump_blockers(config, host=None):
             reasons.append('bind mount %s -> /%s contains lxc.rootfs.mount %s: an unprivileged VE is '
                            'restored there, and CRIU cannot tell the two mounts apart (set '
                            'lxc.rootfs.mount outside it)' % (source, target.lstrip('/'), rootfs_mount))
+    return reasons
+
+
+def process_blockers(init_pid, proc='/proc'):
+    """Why the processes of a running VE (its init is host pid ``init_pid``) cannot be dumped now.
+
+    Finds processes in a session or process group led from outside the VE, as ``lxc-attach`` leaves
+    what it starts unless that calls setsid (CRIU: "A session leader ... is outside of its pid
+    namespace"). Returns human-readable reasons, [] when none is found.
+    """
+    def read(path):
+        try:
+            with open(path, encoding='utf-8', errors='replace') as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def pid_ns(pid):
+        try:
+            return os.readlink('%s/%s/ns/pid' % (proc, pid))
+        except OSError:
+            return None
+
+    wanted = pid_ns(init_pid)
+    if wanted is None:
+        return ['the VE\'s init (pid %s) is not running' % init_pid]
+    reasons = []
+    for entry in sorted(os.listdir(proc), key=lambda e: (len(e), e)):
+        if not entry.isdigit() or pid_ns(entry) != wanted:
+            continue
+        stat = read('%s/%s/stat' % (proc, entry))
+        if not stat or ')' not in stat:
+            continue
+        comm = stat[stat.index('(') + 1:stat.rindex(')')]
+        fields = stat[stat.rindex(')') + 2:].split()
+        for what, leader in (('session', fields[3]), ('process group', fields[2])):
+            if leader != '0' and pid_ns(leader) != wanted:
+                reasons.append('process %s (%s) is in a %s led from outside the VE (pid %s): started by '
+                               'lxc-attach without setsid?' % (entry, comm, what, leader))
+                break
     return reasons
 
 

@@ -115,6 +115,18 @@ def test_checkpoint_restore_keeps_tcp_connection(criu, vz_root, cgroup_parent, b
     # a process lxc-attach starts must leave the session and the stdio it got from this machine
     # (CRIU cannot dump a session led from outside the VE, nor pipes to the host), as a daemon would
     attach("sh", "-c", "setsid nc -l -p %d -e cat </dev/null >/dev/null 2>&1 & echo $! > /run/server.pid" % PORT)
+    init = sh("lxc-info", "-P", ves, "-n", name, "-pH").stdout.strip()
+    assert _criu.process_blockers(init) == []
+    # without setsid the process stays in this machine's session: found, then ended
+    attach("sh", "-c", "sleep 600 </dev/null >/dev/null 2>&1 & echo $! > /run/stray.pid")
+    blockers = _criu.process_blockers(init)
+    assert len(blockers) == 1 and "(sleep) is in a session led from outside the VE" in blockers[0], blockers
+    attach("sh", "-c", "kill $(cat /run/stray.pid)")
+    for _attempt in range(50):
+        if not _criu.process_blockers(init):
+            break
+        time.sleep(0.1)
+    assert _criu.process_blockers(init) == []
     conn = _connect(address)
     try:
         assert _echo(conn, b"before checkpoint\n") == b"before checkpoint\n"
