@@ -58,9 +58,9 @@ def test_probe_usable_and_unusable(tmp_path):
     probe = _criu.probe(good, criu=criu, kernel_release='6.18.44', arch='x86_64')
     assert probe == {'path': criu, 'version': '4.2.1', 'check_ok': True, 'reason': None, 'dirty_tracking': False,
                      'kernel': '6.18.44', 'arch': 'x86_64'}
-    vdso = Runner({(criu, '--version'): (0, 'Version: 3.17.1\n', ''),
-                   (criu, 'check'): (1, '', 'Error (criu/vdso.c:363): vdso: Unexpected rt vDSO area bounds\n'
-                                           'Error (criu/cr-check.c:1614): CRIU needs ... FAILED.\n')})
+    failed_check = ('Error (criu/vdso.c:363): vdso: Unexpected rt vDSO area bounds\n'
+                    'Error (criu/cr-check.c:1614): CRIU needs ... FAILED.\n')
+    vdso = Runner({(criu, '--version'): (0, 'Version: 3.17.1\n', ''), (criu, 'check'): (1, '', failed_check)})
     probe = _criu.probe(vdso, criu=criu, kernel_release='6.18.44', arch='x86_64')
     assert probe['check_ok'] is False and probe['version'] == '3.17.1'
     assert probe['reason'] == 'criu check fails: Error (criu/vdso.c:363): vdso: Unexpected rt vDSO area bounds'
