@@ -478,7 +478,7 @@ def restore(run, lxcpath, name, images_dir, criu=None, verbose=False):
     try:
         if rootfs.startswith('overlay:'):
             mounted = os.path.join(lxcpath, name, '.criu-rootfs')
-            _unmount(run, mounted)                      # a leftover of a killed run
+            cleanup(run, lxcpath, name)                 # a leftover of a killed run
             os.makedirs(mounted, 0o755, exist_ok=True)
             for argv in (overlay_mount_argv(rootfs, parsed.get_one('lxc.rootfs.options'), mounted),
                          ['mount', '--make-private', mounted]):
@@ -497,13 +497,21 @@ def restore(run, lxcpath, name, images_dir, criu=None, verbose=False):
             _fail('restore', name, images_dir, 'restore', argv, rc, out, err)
     finally:
         if mounted:
-            _unmount(run, mounted)
-            for path in (mounted, os.path.join(lxcpath, name, '.criu-restore.config')):
-                try:
-                    os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
-                except OSError:
-                    pass
+            cleanup(run, lxcpath, name)
     return {'images_dir': images_dir, 'seconds': round(seconds, 3), 'stats': read_stats(images_dir, 'restore')}
+
+
+def cleanup(run, lxcpath, name):
+    """Remove what a killed restore() of VE ``name`` can leave: the host's mount of its rootfs on
+    ``<lxcpath>/<name>/.criu-rootfs`` and the ``--rcfile`` copy of its config. Safe to call anytime."""
+    _validate.ve_name(name)
+    mounted = os.path.join(lxcpath, name, '.criu-rootfs')
+    _unmount(run, mounted)
+    for path in (mounted, os.path.join(lxcpath, name, '.criu-restore.config')):
+        try:
+            os.rmdir(path) if os.path.isdir(path) else os.unlink(path)
+        except OSError:
+            pass
 
 
 def _run_detached(argv, output):

@@ -150,6 +150,9 @@ def test_checkpoint_restore_keeps_tcp_connection(criu, vz_root, cgroup_parent, b
 
         restored = _criu.restore(local_runner, str(ves), name, str(images), criu=criu["path"])
         assert sh("lxc-info", "-P", ves, "-n", name, "-sH").stdout.strip() == "RUNNING"
+        # the host's mount of the rootfs for the restore is gone again (the VE holds its own)
+        assert not (ves / name / ".criu-rootfs").exists()
+        assert str(ves / name / ".criu-rootfs") not in Path("/proc/self/mountinfo").read_text()
 
         # the same connection, the same process inside the VE
         assert _echo(conn, b"after restore\n") == b"after restore\n"
