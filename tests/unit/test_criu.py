@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.osvirt.vz.plugins.module_utils import _criu
 from ansible_collections.osvirt.vz.plugins.module_utils._engine.config import LxcConfig
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
-from ansible_collections.osvirt.vz.plugins.module_utils._ves import render_config
+from ansible_collections.osvirt.vz.plugins.module_utils._ve_config import render_config
 
 CHECKPOINTABLE = """\
 lxc.uts.name = web1
