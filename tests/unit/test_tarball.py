@@ -116,14 +116,6 @@ def test_tarball_options_need_a_checksum(tmp_path):
         tb.validate_source({'type': 'tarball', 'url': 'ftp://example/t.tar', 'sha256': 'a' * 64})
 
 
-def test_capability_shift_round_trip():
-    v2 = (0x02000000 | 1).to_bytes(4, 'little') + bytes(range(16))
-    v3 = tb.shift_capability(v2, 100000)
-    assert len(v3) == 24 and int.from_bytes(v3[:4], 'little') == 0x03000001
-    assert int.from_bytes(v3[20:24], 'little') == 100000
-    assert tb.shift_capability(v3, 0) == v2
-
-
 def test_mirror_from_host_sources():
     deb822 = ('Types: deb\n# a comment\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\n'
               'Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n')
