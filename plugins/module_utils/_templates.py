@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import time
 
-from . import _template_build, _validate
+from . import _staging, _template_build, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
 from ._locks import Lock
@@ -159,15 +159,16 @@ class TemplateStore:
             if os.path.isdir(rootfs):
                 return rootfs
             make_dirs(os.path.join(base, 'idmap'), 0o711)
-            staging = tempfile.mkdtemp(prefix='shift-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+            staging = _staging.make(self.host.tmp_dir, 'shift-%s-%s-' % (name, version))
             try:
                 os.chmod(staging, 0o711)
                 _copy_tree(os.path.join(base, 'rootfs'), os.path.join(staging, 'rootfs'))
                 _shift_ownership(os.path.join(staging, 'rootfs'), idmap)
                 os.rename(staging, target)
             except BaseException:
-                remove_tree(staging)
+                _staging.discard(staging)
                 raise
+            _staging.release(staging)
         return rootfs
 
     # -- building -------------------------------------------------------------------------
@@ -197,11 +198,14 @@ class TemplateStore:
         if check_mode:  # no lock: check mode must not even create the lock file
             return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
+            # what a killed build left: its work directory (and mounts), its build VE
+            _staging.sweep(self.host.tmp_dir)
+            _template_build.remove_dead_build_ves(self.host)
             if if_absent and self.versions(name):
                 return None
             version = self.new_version(name)
             make_dirs(os.path.join(self.root, name), 0o711)
-            staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
+            staging = _staging.make(self.host.tmp_dir, 'build-%s-' % name)
             try:
                 os.chmod(staging, 0o711)
                 rootfs = os.path.join(staging, 'rootfs')
@@ -223,8 +227,9 @@ class TemplateStore:
                 write_json(os.path.join(staging, 'manifest.json'), manifest)
                 os.rename(staging, os.path.join(self.root, name, version))
             except BaseException:
-                remove_tree(staging)
+                _staging.discard(staging)
                 raise
+            _staging.release(staging)
         return manifest
 
     def _build_busybox(self, rootfs, source):
@@ -280,9 +285,11 @@ class TemplateStore:
     def remove_version(self, name, version):
         """Unpublish a version: rename it away first (atomic), then delete the files."""
         target = self.version_dir(name, version)
-        trash = tempfile.mkdtemp(prefix='trash-%s-%s-' % (name, version), dir=self.host.tmp_dir)
-        os.rename(target, os.path.join(trash, 'v'))
-        remove_tree(trash)
+        trash = _staging.make(self.host.tmp_dir, 'trash-%s-%s-' % (name, version))
+        try:
+            os.rename(target, os.path.join(trash, 'v'))
+        finally:
+            _staging.discard(trash)
         try:  # the last version gone: the template's name goes too
             os.rmdir(os.path.dirname(target))
         except OSError:
@@ -511,7 +518,7 @@ class TemplateStore:
         """
         remote_path = '%s/templates/%s/%s' % (remote.vz_root, name, version)
         make_dirs(os.path.join(self.root, name), 0o711)
-        staging = tempfile.mkdtemp(prefix='copy-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+        staging = _staging.make(self.host.tmp_dir, 'copy-%s-%s-' % (name, version))
         try:
             remote.pull(remote_path, staging, 'copying template %s@%s from %s' % (name, version, remote.host),
                         excludes=['/idmap/'])
@@ -540,7 +547,7 @@ class TemplateStore:
                 pass
             raise
         finally:
-            remove_tree(staging)
+            _staging.discard(staging)
         return manifest
 
     def copy_from(self, name, remote, version=None, check_mode=False):

@@ -25,15 +25,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _limits, _quota, _validate
+from . import _limits, _quota, _staging, _validate
 from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_inside, write_json
+from ._fs import atomic_write, disk_usage, read_json, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
 from ._templates import TemplateStore
@@ -1077,7 +1076,7 @@ class VeManager:
         """Write the VE's directory in .tmp and publish it by rename: never half-registered."""
         name, meta = plan['name'], plan['new_meta']
         config = self.desired_config(meta, plan['manifest'], create=True)
-        staging = tempfile.mkdtemp(prefix='ve-%s-' % name, dir=self.host.tmp_dir)
+        staging = _staging.make(self.host.tmp_dir, 've-%s-' % name)
         try:
             os.chmod(staging, 0o711)
             private = os.path.join(staging, 'private')
@@ -1098,8 +1097,9 @@ class VeManager:
             write_json(os.path.join(staging, 've.json'), meta)
             os.rename(staging, self.host.ve_dir(name))
         except BaseException:
-            remove_tree(staging)
+            _staging.discard(staging)
             raise
+        _staging.release(staging)
 
     def _step_configure(self, plan):
         name = plan['name']
@@ -1291,11 +1291,13 @@ class VeManager:
         """Remove the VE: rename its directory away first (atomic), then delete it without following links."""
         name = plan['name']
         directory = self.host.ve_dir(name)
-        trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
-        os.rename(directory, os.path.join(trash, name))
+        trash = _staging.make(self.host.tmp_dir, 'trash-ve-%s-' % name)
         meta = plan['meta'] or plan['new_meta'] or {}
-        _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
-        remove_tree(trash)
+        try:
+            os.rename(directory, os.path.join(trash, name))
+            _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
+        finally:
+            _staging.discard(trash)
         if ((meta.get('limits') or {}).get('net')):
             for iface in meta.get('network') or []:
                 try:
