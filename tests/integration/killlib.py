@@ -4,17 +4,18 @@
 """Crash safety by killing: run a module as Ansible runs it, SIGKILL its whole process group at a
 random moment, and check what the host holds afterwards (not a test module).
 
-``ModuleRun(inventory, seed)``
-    Runs ``ansible <host> -m osvirt.vz.<module> -a <json>`` in a session of its own (so the
-    controller, its worker, the module and every command the module started share one process
-    group). ``run(module, args)`` runs to the end and returns a :class:`Outcome`;
-    ``kill(module, args, delay)`` SIGKILLs the group ``delay`` seconds after the start and
-    returns a :class:`KillPoint` saying in which phase it landed (``controller``: before the
-    module ran, ``module``: while it ran, ``done``: it had finished); ``delay_for(duration)``
-    draws a delay from a measured duration (a quarter of the draws from its last fifth).
-    Delays count from the module's own start (its process appears in the group). Every draw
-    comes from one ``random.Random(seed)``: the seed is printed, and
-    ``VZ_KILL_SEED=<seed>`` replays a failure.
+``ModuleRun(inventory, seed, host="localhost", netns=None)``
+    Runs ``ansible <host> -m osvirt.vz.<module> -a <json>`` in a session of its own.
+    ``run(module, args)`` runs to the end and returns an :class:`Outcome` whose ``duration`` is
+    how long the module itself ran; ``kill(op, module, args, delay)`` SIGKILLs every process group
+    of the run ``delay`` seconds after the module started: the controller's, and the group of the
+    worker that runs the module (Ansible's workers call setsid) with every command the module
+    started; on an SSH host (``netns``: the host's network namespace) the group sshd made for the
+    module too. It returns a :class:`KillPoint` saying where the kill landed (``module``: while
+    the module ran, ``after``: the module had ended, the controller not yet, ``done``: all had
+    ended). ``delay_for(duration)`` draws a delay from a measured duration (a quarter of the
+    draws from its last fifth). Every draw comes from one ``random.Random(seed)``: the seed is
+    printed, and ``VZ_KILL_SEED=<seed>`` replays a failure.
 
 Invariants (each returns a list of problems, empty when the invariant holds; ``assert_clean``
 runs the store-wide ones and fails with all problems at once):
@@ -97,7 +98,7 @@ class KillPoint:
 
     op: str
     delay: float
-    phase: str          # controller / module / done
+    phase: str          # module / after (the module had ended) / done
     commands: List[str] = field(default_factory=list)   # what the module was running then
 
     def __str__(self):
@@ -185,15 +186,18 @@ class ModuleRun:
         the module itself ran (from its process' start to the end), the span kills are drawn from."""
         start = time.monotonic()
         proc = self._start(module, args)
-        module_start = None
+        module_start = module_end = None
         while proc.poll() is None and time.monotonic() - start < timeout:
-            if module_start is None and self._module_running(proc.pid):
+            running = self._module_running(proc.pid)
+            if running and module_start is None:
                 module_start = time.monotonic()
+            elif not running and module_start is not None and module_end is None:
+                module_end = time.monotonic()
             time.sleep(0.02)
         out, _err = proc.communicate(timeout=timeout)
         end = time.monotonic()
-        return Outcome(rc=proc.returncode, result=_parse_result(out), duration=end - (module_start or start),
-                       output=out)
+        return Outcome(rc=proc.returncode, result=_parse_result(out),
+                       duration=(module_end or end) - (module_start or start), output=out)
 
     def _module_groups(self, leader):
         """Process groups that run the module. Ansible's workers call setsid, so a local module runs
@@ -246,16 +250,21 @@ class ModuleRun:
         start = time.monotonic()
         while proc.poll() is None and not self._module_running(proc.pid) and time.monotonic() - start < timeout:
             time.sleep(0.01)
-        deadline = time.monotonic() + delay
+        module_start = time.monotonic()
+        deadline = module_start + delay
+        self.observed = None   # how long the module ran, when it ended before the kill
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+            if self.observed is None and not self._module_running(proc.pid):
+                self.observed = time.monotonic() - module_start
+                break
         phase, commands, groups = "done", [], []
         if proc.poll() is None:
             module = self._module_groups(proc.pid)
             groups = sorted(set(self._all_groups(proc.pid)) | set(module))
             table = _processes()
             lines = [_cmdline(pid) for group in groups for pid in _group_members(group, table)]
-            phase = "module" if module else "controller"
+            phase = "module" if module else "after"
             commands = sorted({line.split()[0].rsplit("/", 1)[-1] for line in lines
                                if line and "ansible" not in line and "AnsiballZ_" not in line
                                and not line.startswith("/bin/sh") and "sleep 0" not in line})
@@ -274,11 +283,22 @@ class ModuleRun:
         self.points.append(point)
         return point
 
+    def kill_point(self, op: str, module: str, args: Dict[str, Any], duration: float, tries: int = 4) -> KillPoint:
+        """Kill ``module`` once inside its run: a delay drawn from ``duration``, drawn again from
+        what the module really took when it ended first (load varies), up to ``tries`` times."""
+        delay = self.delay_for(duration)
+        for _attempt in range(tries):
+            point = self.kill(op, module, args, delay)
+            if point.phase == "module":
+                break
+            delay = self.delay_for(self.observed or delay * 0.5) * 0.9
+        return point
+
     def summary(self) -> Dict[str, Dict[str, int]]:
-        """{op: {'module': n, 'controller': n, 'done': n}} over every kill so far."""
+        """{op: {'module': n, 'after': n, 'done': n}} over every kill so far."""
         table: Dict[str, Dict[str, int]] = {}
         for point in self.points:
-            row = table.setdefault(point.op, {"module": 0, "controller": 0, "done": 0})
+            row = table.setdefault(point.op, {"module": 0, "after": 0, "done": 0})
             row[point.phase] += 1
         return table
 
