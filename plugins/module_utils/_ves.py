@@ -1288,16 +1288,13 @@ class VeManager:
         self.client.unfreeze(plan['name'])
 
     def _step_destroy(self, plan):
-        """Remove the VE: rename its directory away first (atomic), then delete it without following links."""
+        """Remove the (stopped) VE: what it holds on the host first (shaping, anti-spoofing filter, address
+        leases), while its directory still names them; then rename the directory away (atomic) and delete it
+        without following links. A run killed before the rename leaves the VE, which the next removal takes
+        from the start again; one killed after it leaves nothing but the work directory, which is swept."""
         name = plan['name']
         directory = self.host.ve_dir(name)
-        trash = _staging.make(self.host.tmp_dir, 'trash-ve-%s-' % name)
         meta = plan['meta'] or plan['new_meta'] or {}
-        try:
-            os.rename(directory, os.path.join(trash, name))
-            _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
-        finally:
-            _staging.discard(trash)
         if ((meta.get('limits') or {}).get('net')):
             for iface in meta.get('network') or []:
                 try:
@@ -1309,6 +1306,12 @@ class VeManager:
             antispoof.remove_filter(iface['host_link'])
         if meta.get('network') or os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
             self._leases().release(name)
+        trash = _staging.make(self.host.tmp_dir, 'trash-ve-%s-' % name)
+        try:
+            os.rename(directory, os.path.join(trash, name))
+            _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
+        finally:
+            _staging.discard(trash)
         try:
             self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
         except OSError:
