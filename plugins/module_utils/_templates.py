@@ -150,10 +150,10 @@ class TemplateStore:
         """
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
             _staging.sweep(self.host.tmp_dir)   # what a killed build left: its work directory, mounts below it
+            _remove_if_empty(os.path.join(self.root, name))   # and the name of a first build that never published
             if if_absent and self.versions(name):
                 return None
             version = self.new_version(name)
-            make_dirs(os.path.join(self.root, name), 0o711)
             staging = _staging.make(self.host.tmp_dir, 'build-%s-' % name)
             try:
                 os.chmod(staging, 0o711)
@@ -171,6 +171,7 @@ class TemplateStore:
                 })
                 manifest.setdefault('parent', None)
                 write_json(os.path.join(staging, 'manifest.json'), manifest)
+                make_dirs(os.path.join(self.root, name), 0o711)   # the name appears with its first version
                 os.rename(staging, os.path.join(self.root, name, version))
             except BaseException:
                 _staging.discard(staging)
@@ -462,6 +463,13 @@ class TemplateStore:
             for cname, cversion, _manifest in chain:
                 self.copy_version(cname, cversion, remote)
         return [(cname, cversion) for cname, cversion, _manifest in chain]
+
+
+def _remove_if_empty(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass   # missing, or holds versions
 
 
 def _copy_tree(src, dst):

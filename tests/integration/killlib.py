@@ -258,6 +258,9 @@ class ModuleRun:
             if self.observed is None and not self._module_running(proc.pid):
                 self.observed = time.monotonic() - module_start
                 break
+        return self._kill_now(op, proc, delay)
+
+    def _kill_now(self, op, proc, delay):
         phase, commands, groups = "done", [], []
         if proc.poll() is None:
             module = self._module_groups(proc.pid)
@@ -282,6 +285,15 @@ class ModuleRun:
         point = KillPoint(op=op, delay=delay, phase=phase, commands=commands)
         self.points.append(point)
         return point
+
+    def kill_when(self, op: str, module: str, args: Dict[str, Any], ready, timeout: float = 120) -> KillPoint:
+        """Start the module and SIGKILL its process groups as soon as ``ready()`` is true (a moment
+        chosen by what the module has made, not by time: e.g. its build VE runs)."""
+        proc = self._start(module, args)
+        start = time.monotonic()
+        while proc.poll() is None and time.monotonic() - start < timeout and not ready():
+            time.sleep(0.02)
+        return self._kill_now(op, proc, time.monotonic() - start)
 
     def kill_point(self, op: str, module: str, args: Dict[str, Any], duration: float, tries: int = 4) -> KillPoint:
         """Kill ``module`` once inside its run: a delay drawn from ``duration``, drawn again from

@@ -344,3 +344,41 @@ def test_kill_template_copy_between_lab_hosts(request, lab):
         _record(lab2, checks)
         lab2.run("template", remove)
         lab1.run("template", remove)
+
+
+def test_killed_builds_leave_no_build_ve_and_no_mount(kstore):
+    """The known edges, hit on purpose: a layer build killed while its build VE runs, and a build
+    from a VE killed while the VE's merged view is mounted under .tmp. The next build of any
+    template takes both away, and what it builds is whole."""
+    layer = {"name": "kbox-edge", "vz_root": str(kstore.root), "rebuild": True,
+             "source": {"type": "layer", "base": "busybox", "commands": [["sleep", "30"]]}}
+    kstore.run.must("ve", kstore.ve(name=kstore.name("src"), template="busybox", state="started"), "source VE")
+
+    def build_ve_runs():
+        return any(n.startswith("tbuild-") for n in running_ves(kstore.root))
+
+    point = kstore.run.kill_when("layer build, build VE running", "template", layer, build_ve_runs)
+    assert point.phase == "module" and build_ve_runs(), point
+    kstore.run.must("ve", kstore.ve(name=kstore.name("src"), state="stopped"), "stop the source VE")
+    from_ve = {"name": "kbox-snap", "vz_root": str(kstore.root), "rebuild": True,
+               "source": {"type": "ve", "ve": kstore.name("src")}}
+    seen = []
+
+    def merged_mounted():
+        seen[:] = [m for m in _mounts(kstore.root) if "/.tmp/" in m]
+        return bool(seen)
+
+    for _attempt in range(5):   # the merged view is mounted for a moment only: try until a kill hits it
+        point = kstore.run.kill_when("build from a VE, merged view mounted", "template", from_ve, merged_mounted)
+        if point.phase == "module" and seen:
+            break
+    assert point.phase == "module" and seen, point
+    assert any("/.tmp/" in m for m in _mounts(kstore.root)), "the killed build's mount is gone by itself"
+    # the next build (any template) cleans up what the dead builds left, and builds
+    kstore.run.must("template", from_ve, "build from the VE again")
+    kstore.checks["n"] += assert_clean(kstore.root, point, SEED)
+
+
+def _mounts(root):
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        return [line.split()[4] for line in handle if line.split()[4].startswith(str(root) + "/")]
