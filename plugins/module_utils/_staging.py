@@ -106,6 +106,8 @@ def sweep(tmp_dir):
         try:
             _remove(os.path.join(tmp_dir, name))
             removed.append(name)
+        except OSError:
+            pass   # cleaning up must not fail the operation that sweeps; the next run tries again
         finally:
             os.close(fd)
     return removed

@@ -127,7 +127,7 @@ def test_kill_bulk_create_start_and_removal_of_ten_ves(kstore):
     remove = kstore.ve(ves=[{"name": n} for n in names], state="absent")
     create_time = kstore.run.must("ve", start, "bulk create+start").duration
     remove_time = kstore.run.must("ve", remove, "bulk removal").duration
-    for _cycle in range(kill_points(6)):
+    for _cycle in range(kill_points(5)):
         point, _rerun = _kill_and_rerun(kstore, "bulk create+start 10 VEs", "ve", start, create_time)
         states = {n: kstore.state(n) for n in names}
         assert set(states.values()) == {"RUNNING"}, (point, states)
@@ -142,7 +142,7 @@ def test_kill_stop_start_restart(kstore):
     digest = write_canary(kstore.root, name)
     durations = {}
     want = {"stopped": "STOPPED", "started": "RUNNING", "restarted": "RUNNING"}
-    for _i in range(kill_points(12)):
+    for _i in range(kill_points(10)):
         state = kstore.run.rng.choice(sorted(want))
         args = kstore.ve(name=name, state=state)
         if state not in durations:   # measured on the way there, from the state it is in now
@@ -166,7 +166,7 @@ def test_kill_rebase_to_a_new_version_and_back(kstore):
                             "rebase").duration
     back = kstore.run.must("ve", kstore.ve(name=name, template=old, state="started", restart=True),
                            "rebase back").duration
-    for _i in range(kill_points(4)):
+    for _i in range(kill_points(3)):
         for ref, duration in ((new, there), (old, back)):
             args = kstore.ve(name=name, template=ref, state="started", restart=True)
             point, _rerun = _kill_and_rerun(kstore, "rebase and back", "ve", args, duration)
@@ -188,7 +188,7 @@ def test_kill_address_change_on_a_running_ve(kstore, bridge):
     digest = write_canary(kstore.root, name)
     there = kstore.run.must("ve", args(addresses[1]), "address change").duration
     back = kstore.run.must("ve", args(addresses[0]), "address change back").duration
-    for _i in range(kill_points(4)):
+    for _i in range(kill_points(3)):
         for address, duration in ((addresses[1], there), (addresses[0], back)):
             point, _rerun = _kill_and_rerun(kstore, "address change", "ve", args(address), duration)
             inside = kstore.attach(name, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
@@ -284,7 +284,7 @@ def test_kill_limits_change_with_disk_quota_and_net_rate(quota_store, bridge):
     store.run.must("ve", args(sets[0]), "create with limits")
     digest = write_canary(store.root, name)
     durations = [store.run.must("ve", args(s), "limits").duration for s in (sets[1], sets[0])]
-    for _i in range(kill_points(4)):
+    for _i in range(kill_points(3)):
         for limits, duration in ((sets[1], durations[0]), (sets[0], durations[1])):
             point, rerun = _kill_and_rerun(store, "limits change (quota%s)" % (", rate" if shaping else ""),
                                            "ve", args(limits), duration)
