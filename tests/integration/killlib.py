@@ -157,6 +157,7 @@ class ModuleRun:
         self.netns = os.stat(netns).st_ino if netns else None
         self.rng = random.Random(seed)
         self.points: List[KillPoint] = []
+        self.runs = 0   # module runs started (to the end or killed), for the suite's time figures
         self.env = dict(os.environ)
         self.env.update({
             "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / ".build" / "collections"),
@@ -177,6 +178,7 @@ class ModuleRun:
                 "-m", "osvirt.vz." + module, "-a", json.dumps(args)]
 
     def _start(self, module, args):
+        self.runs += 1
         return subprocess.Popen(self.argv(module, args), env=self.env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)

@@ -43,6 +43,7 @@ REPORT_FILE = Path(__file__).resolve().parents[2] / ".build" / "kill-report.json
 
 def _record(runner, checks):
     REPORT["invariant_checks"] += checks
+    REPORT["module_runs"] = REPORT.get("module_runs", 0) + runner.runs
     for op, row in runner.summary().items():
         total = REPORT["ops"].setdefault(op, {"module": 0, "after": 0, "done": 0})
         for key, value in row.items():
@@ -59,8 +60,9 @@ def kill_report(request):
     REPORT_FILE.write_text(json.dumps({k: v for k, v in REPORT.items() if k != "started"}, indent=2) + "\n")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line("kill suite: seed %d, %d kill points inside modules, %d invariant checks, %.0f s"
-                            % (SEED, REPORT["kill_points"], REPORT["invariant_checks"], REPORT["seconds"]))
+        reporter.write_line("kill suite: seed %d, %d kill points inside modules, %d invariant checks, %d module "
+                            "runs, %.0f s" % (SEED, REPORT["kill_points"], REPORT["invariant_checks"],
+                                              REPORT.get("module_runs", 0), REPORT["seconds"]))
         for op, row in sorted(REPORT["ops"].items()):
             reporter.write_line("  %-28s %s" % (op, row))
 
@@ -142,7 +144,7 @@ def test_kill_stop_start_restart(kstore):
     digest = write_canary(kstore.root, name)
     durations = {}
     want = {"stopped": "STOPPED", "started": "RUNNING", "restarted": "RUNNING"}
-    for _i in range(kill_points(10)):
+    for _i in range(kill_points(11)):
         state = kstore.run.rng.choice(sorted(want))
         args = kstore.ve(name=name, state=state)
         if state not in durations:   # measured on the way there, from the state it is in now
@@ -342,6 +344,7 @@ def test_kill_template_copy_between_lab_hosts(request, lab):
             assert (root2 / "templates" / name).is_dir(), point
     finally:
         _record(lab2, checks)
+        _record(lab1, 0)
         lab2.run("template", remove)
         lab1.run("template", remove)
 
