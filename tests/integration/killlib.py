@@ -102,8 +102,8 @@ class KillPoint:
     commands: List[str] = field(default_factory=list)   # what the module was running then
 
     def __str__(self):
-        return "%s killed after %.2fs (%s%s)" % (self.op, self.delay, self.phase,
-                                                ": " + ", ".join(self.commands) if self.commands else "")
+        doing = ": " + ", ".join(self.commands) if self.commands else ""
+        return "%s killed after %.2fs (%s%s)" % (self.op, self.delay, self.phase, doing)
 
 
 def _processes() -> Dict[int, tuple]:
@@ -346,8 +346,8 @@ def lxc_parses(ves: Path, name: str) -> Optional[str]:
     proc = subprocess.run(["lxc-info", "-P", str(ves), "-n", name, "-c", "lxc.rootfs.path"],
                           capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
     if proc.returncode != 0 or "lxc.rootfs.path" not in proc.stdout:
-        return "liblxc cannot read the config of %s: rc=%d %s" % (name, proc.returncode,
-                                                                   (proc.stderr or proc.stdout).strip())
+        why = (proc.stderr or proc.stdout).strip()
+        return "liblxc cannot read the config of %s: rc=%d %s" % (name, proc.returncode, why)
     return None
 
 

@@ -160,8 +160,7 @@ def test_kill_rebase_to_a_new_version_and_back(kstore):
     name = kstore.name("reb")
     old = "busybox@%s" % kstore.version
     kstore.run.must("ve", kstore.ve(name=name, template=old, state="started"), "create")
-    new = "busybox@%s" % publish_variant(kstore.root, "busybox", kstore.version,
-                                          write={"etc/motd": "version two\n"})
+    new = "busybox@%s" % publish_variant(kstore.root, "busybox", kstore.version, write={"etc/motd": "version two\n"})
     digest = write_canary(kstore.root, name)
     # a running VE moves to the new version when it restarts: restart: true does it in the same task
     there = kstore.run.must("ve", kstore.ve(name=name, template=new, state="started", restart=True),
