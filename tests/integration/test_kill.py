@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import subprocess
