@@ -233,8 +233,8 @@ class ModuleRun:
 
     def must(self, module: str, args: Dict[str, Any], what: str) -> Outcome:
         outcome = self.run(module, args)
-        assert not outcome.failed, "%s failed (seed %d, replay with VZ_KILL_SEED=%d)\n%s" % (
-            what, self.seed, self.seed, outcome.describe())
+        assert not outcome.failed, "%s failed (seed %s)\n%s" % (
+            what, self.seed, outcome.describe())
         return outcome
 
     def delay_for(self, duration: float) -> float:
