@@ -230,6 +230,27 @@ class VeOps:
             raise
         return made
 
+    def _make_sure_stopped(self, name, meta):
+        """Refuse to take away the directory of a VE whose processes still run.
+
+        After a run was killed in the middle of ``lxc-stop``, LXC may report a VE stopped while its
+        monitor and init live on: removing its directory then would leave a copy that nothing manages
+        (and that a VE of the same name would run next to). Its cgroups tell: the VE is killed again
+        and, if processes remain, nothing is removed.
+        """
+        parent = meta.get('cgroup_parent') or self.host.cgroup_parent
+        if not self.cgroups.settle(parent, name, timeout=5.0):
+            return
+        try:
+            self.client.kill(name)
+        except VzError:
+            pass   # LXC does not answer for it: the cgroups decide below
+        busy = self.cgroups.settle(parent, name, timeout=10.0)
+        if busy:
+            raise VzError('VE %s: LXC reports it stopped, but processes of it still run (%s); nothing is removed'
+                          % (name, ', '.join(busy)))
+
+
     def unregister(self, name, meta=None, keep_private=False):
         """Remove a stopped VE from this host: config, ve.json, address leases, the guard and shaping
         of its links and its stale cgroups; its private area too unless ``keep_private``.
@@ -253,6 +274,7 @@ class VeOps:
                     os.unlink(os.path.join(directory, filename))
                 except FileNotFoundError:
                     pass
+        self._make_sure_stopped(name, meta)
         # what the VE holds on the host goes while its directory still names it: a run killed after the
         # rename below leaves nothing that nothing names any more (the work directory is swept)
         self.net.teardown(name, meta)

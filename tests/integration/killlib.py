@@ -29,7 +29,8 @@ runs the store-wide ones and fails with all problems at once):
                                   address of every VE is leased to it, once; no crash leftovers
 ``templates_complete(root)``      every template version is complete (manifest naming it, rootfs
                                   whose checksum matches, shifted copies complete); nothing else
-``single_instances(root)``        no VE has two LXC monitors or two init processes
+``single_instances(root)``        no VE has two LXC monitors or two init processes, none runs
+                                  without its directory
 ``file_digest(root, name, path)`` sha256 of a file of a VE, read inside it when it runs, else
                                   from its private area
 """
@@ -516,28 +517,52 @@ def _monitors() -> Dict[tuple, List[int]]:
     return found
 
 
-def _children(pid: int) -> List[int]:
+def _live_children(pid: int) -> List[int]:
+    """Children of ``pid`` that are not zombies (a VE's init that died and awaits its monitor)."""
     try:
         with open("/proc/%d/task/%d/children" % (pid, pid), encoding="ascii") as handle:
-            return [int(p) for p in handle.read().split()]
+            children = [int(p) for p in handle.read().split()]
     except OSError:
         return []
+    alive = []
+    for child in children:
+        try:
+            with open("/proc/%d/stat" % child, "rb") as handle:
+                if handle.read().rsplit(b")", 1)[1].split()[0] != b"Z":
+                    alive.append(child)
+        except OSError:
+            continue
+    return alive
 
 
-def single_instances(root: Path) -> List[str]:
-    """No VE of this store runs twice: one LXC monitor with one init below it, at most."""
+def _instances(lxcpath: str) -> List[str]:
     problems = []
-    lxcpath = str(Path(root) / "ves")
     for (path, name), pids in sorted(_monitors().items()):
         if path != lxcpath:
             continue
-        if len(pids) > 1:
-            problems.append("VE %s has %d LXC monitors: %s" % (name, len(pids), pids))
-        inits = [c for pid in pids for c in _children(pid)]
-        if len(inits) > 1:
-            problems.append("VE %s has %d init processes: %s" % (name, len(inits), inits))
-        if name.startswith("tbuild-"):
-            problems.append("build VE %s still runs (monitor %s)" % (name, pids))
+        running = [pid for pid in pids if _live_children(pid)]   # a monitor with a live init: a running copy
+        inits = [c for pid in running for c in _live_children(pid)]
+        if len(running) > 1 or len(inits) > 1:
+            problems.append("VE %s runs %d times: monitors %s, init processes %s" % (name, len(running), running,
+                                                                                     inits))
+        if name.startswith("tbuild-") and running:
+            problems.append("build VE %s still runs (monitor %s)" % (name, running))
+        elif running and not (Path(lxcpath) / name / "ve.json").is_file():
+            problems.append("VE %s runs (monitor %s) but has no directory: a copy nothing manages" % (name, running))
+    return problems
+
+
+def single_instances(root: Path, settle: float = 10.0) -> List[str]:
+    """No VE of this store runs twice (two monitors with a live init each, or two inits), none runs
+    without its directory. A monitor that is still tearing down a stopped VE (its init gone or a
+    zombie) is no running copy; what looks like one is looked at again for up to ``settle`` seconds,
+    as LXC finishes a stop asynchronously."""
+    lxcpath = str(Path(root) / "ves")
+    deadline = time.monotonic() + settle
+    problems = _instances(lxcpath)
+    while problems and time.monotonic() < deadline:
+        time.sleep(0.5)
+        problems = _instances(lxcpath)
     return problems
 
 
