@@ -250,7 +250,6 @@ class VeOps:
             raise VzError('VE %s: LXC reports it stopped, but processes of it still run (%s); nothing is removed'
                           % (name, ', '.join(busy)))
 
-
     def unregister(self, name, meta=None, keep_private=False):
         """Remove a stopped VE from this host: config, ve.json, address leases, the guard and shaping
         of its links and its stale cgroups; its private area too unless ``keep_private``.
