@@ -25,14 +25,13 @@ LXC config ``_ve_config.py``.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _boot, _limits, _quota, _validate
+from . import _boot, _limits, _quota, _staging, _validate
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, remove_tree, write_inside, write_json
+from ._fs import atomic_write, disk_usage, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
 from ._ve_config import NET_HOOK, config_digest, is_owned
@@ -542,7 +541,7 @@ class VeManager(VeOps):
         """Write the VE's directory in .tmp and publish it by rename: never half-registered."""
         name, meta = plan['name'], plan['new_meta']
         config = self.desired_config(meta, plan['manifest'], create=True)
-        staging = tempfile.mkdtemp(prefix='ve-%s-' % name, dir=self.host.tmp_dir)
+        staging = _staging.make(self.host.tmp_dir, 've-%s-' % name)
         try:
             os.chmod(staging, 0o711)
             private = os.path.join(staging, 'private')
@@ -563,8 +562,9 @@ class VeManager(VeOps):
             write_json(os.path.join(staging, 've.json'), meta)
             os.rename(staging, self.host.ve_dir(name))
         except BaseException:
-            remove_tree(staging)
+            _staging.discard(staging)
             raise
+        _staging.release(staging)
 
     def _step_configure(self, plan):
         name = plan['name']
