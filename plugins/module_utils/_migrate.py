@@ -16,6 +16,8 @@ step, so a rerun after a crash completes a committed migration or rolls back one
 from __future__ import annotations
 
 import os
+import signal
+import tempfile
 import time
 
 from . import _validate
@@ -38,6 +40,74 @@ class Step:
 
     def __init__(self, name, do, undo=None):
         self.name, self.do, self.undo = name, do, undo
+
+
+# Fault injection for tests and drills: "<step>:kill" (SIGKILL this process as the step begins) or
+# "<step>:fail" (the step fails) or "<step>:sleep:<seconds>"; read from the module's environment.
+FAULT_ENV = 'OSVIRT_VZ_MIGRATE_FAULT'
+
+
+def _fault(step):
+    spec = os.environ.get(FAULT_ENV) or ''
+    where, _sep, action = spec.partition(':')
+    if where != step:
+        return
+    if action == 'kill':
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == 'fail':
+        raise VzError('injected fault before step %s (%s)' % (step, FAULT_ENV))
+    elif action.startswith('sleep:'):
+        time.sleep(float(action.partition(':')[2]))
+
+
+class Guardian:
+    """A child process that undoes an unfinished migration if this process dies before it ends.
+
+    The module can be killed (SIGKILL, OOM, a lost controller): then nothing of it runs again, yet
+    the source must be left as it was. The guardian waits on a pipe; a clean end of the migration
+    writes to it; end of file without that means the module died, and the guardian runs what a
+    rerun would (``Migration.recover``): complete a committed migration, or roll back one that was
+    not (after the target's agent fenced its copy). It inherits the VE's lock, so no other
+    operation interleaves, and leaves the module's stdout alone (the controller waits for it).
+    """
+
+    def __init__(self, migration):
+        self.pid = None
+        read_end, self._write = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the guardian
+            try:
+                os.close(self._write)
+                channel = migration.channel
+                for stream in (channel.proc.stdin, channel.proc.stdout, channel.proc.stderr) if channel else ():
+                    try:   # the agent must see end of file when this process's parent dies
+                        os.close(stream.fileno())
+                    except (OSError, ValueError):
+                        pass
+                migration.channel = None
+                os.setsid()
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                word = os.read(read_end, 16)
+                if not word:
+                    migration.recover()
+            finally:
+                os._exit(0)  # pylint: disable=protected-access
+        os.close(read_end)
+        self.pid = pid
+
+    def dismiss(self):
+        """The migration ended in this process (done or rolled back): the guardian leaves."""
+        if self.pid is None:
+            return
+        try:
+            os.write(self._write, b'done')
+            os.close(self._write)
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
+        self.pid = None
 
 
 class Migration:
@@ -73,6 +143,8 @@ class Migration:
     def run(self):
         """Migrate (or finish or roll back an unfinished migration, then migrate). Returns the result dict."""
         lock = None
+        control = tempfile.mkdtemp(prefix='osvirt-ssh-')
+        self.remote.control_path = os.path.join(control, 'cm')
         try:
             if not self.check_mode:
                 self.host.ensure_layout()
@@ -89,7 +161,7 @@ class Migration:
                 outcome = self._resume(hello)
                 if outcome == 'complete':
                     return self._result(True, 'target')
-                hello = self._hello(self.channel) if self.channel else self._hello(self._reconnect())
+                hello = (self.channel or self._reconnect()).call('hello_again')
             meta = self.ops.meta(self.name)
             if meta is None:
                 if hello['meta'] is not None:
@@ -103,8 +175,12 @@ class Migration:
         finally:
             if self.channel is not None:
                 self.channel.close()
+            if self.remote.control_path:
+                remove_tree(os.path.dirname(self.remote.control_path))
             if lock is not None:
                 lock.release()
+            self.remote.control_path = None
+            remove_tree(control)
 
     def _connect(self):
         return Channel(self.remote, python=self.python, idle=IDLE)
@@ -115,9 +191,9 @@ class Migration:
                                 % (self.name, os.uname().nodename), lock_timeout=self.lock_timeout,
                                 keep_target=self.keep_target, check_mode=self.check_mode)
         except VzError as exc:
-            if exc.details.get('unreachable'):
+            if exc.details.get('lost_target'):
                 raise VzError('VE %s cannot move to %s: the target is not reachable over SSH as %s: %s'
-                              % (self.name, self.where, self.remote, exc), unreachable=True)
+                              % (self.name, self.where, self.remote, exc), lost_target=True)
             if exc.details.get('busy'):
                 raise VzError('VE %s is busy on %s: %s' % (self.name, self.where, exc), busy=True)
             raise
@@ -199,10 +275,11 @@ class Migration:
         if self.check_mode:
             return self._result(True, 'source', plan=plan, state=state, private_bytes=private)
         self.journal.start(role='source', target=self.where, mode=mode, state=state, autostart=bool(meta.get('autostart')),
-                           keep_source=self.keep_source, keep_target=self.keep_target)
+                           keep_source=self.keep_source, keep_target=self.keep_target, pid=os.getpid())
         steps = self._steps(plan, meta, missing, mode)
         done = []
         step = None
+        guardian = Guardian(self)
         try:
             for step in steps:
                 if step.name == 'commit':
@@ -213,16 +290,21 @@ class Migration:
         except BaseException as exc:
             message = str(exc) if isinstance(exc, VzError) else '%s of VE %s failed: %r' % (step.name, self.name, exc)
             rolled = self._rollback(done + [step])
+            guardian.dismiss()
             raise VzError('VE %s was not moved to %s: %s; rolled back: %s' % (
                 self.name, self.where, message, ', '.join(rolled) or 'nothing to undo'), rolled_back=True)
         # the commit: from here on only completion
-        for step in steps[steps.index(next(s for s in steps if s.name == 'commit')):]:
-            self._do(step)
+        try:
+            for step in steps[steps.index(next(s for s in steps if s.name == 'commit')):]:
+                self._do(step)
+        finally:
+            guardian.dismiss()
         return self._result(True, 'target', plan=plan, state=state, private_bytes=private)
 
     def _do(self, step):
         started = time.monotonic()
         self.journal.begin(step.name)
+        _fault(step.name)
         step.do()
         self.journal.end(step.name)
         self.timings[step.name] = round(time.monotonic() - started, 3)
@@ -368,6 +450,25 @@ class Migration:
         self.journal.remove()
 
     # -- failures and reruns ------------------------------------------------------------------
+    def recover(self):
+        """What a rerun does first, run by the guardian after the module died (no result to report)."""
+        self.journal = Journal(self.host.vz_root, self.name)
+        if not self.journal.exists:
+            return
+        self.channel = None
+        try:
+            self._reconnect()
+        except VzError:
+            self.channel = None
+        try:
+            hello = {'journal': 'unreachable'} if self.channel is None else self.channel.call('hello_again')
+            self._resume(hello)
+        except Exception:   # pylint: disable=broad-except  # the journal stays; the next run decides
+            pass
+        finally:
+            if self.channel is not None:
+                self.channel.close()
+
     def _rollback(self, steps):
         """Before the commit: remove the target's copy, then put the source back as it was."""
         rolled = []
@@ -398,7 +499,7 @@ class Migration:
         try:
             return channel.call('abort') if channel is not None else self._reconnect().call('abort')
         except VzError as exc:
-            if not exc.details.get('unreachable'):
+            if not exc.details.get('lost_target'):
                 raise
         return self._reconnect().call('abort')
 
@@ -413,8 +514,18 @@ class Migration:
             for step in ('fence', 'keep' if keep else 'remove', 'finish'):
                 self._do(self._steps([step], None, [], None)[0])
             return 'complete'
-        rolled = self.channel.call('abort', keep=bool((source or {}).get('keep_target', self.keep_target)))
-        self.recovered += ['target: %s' % r for r in rolled]
+        if action == 'unknown':
+            raise VzError('VE %s: an earlier migration to %s was committing when it stopped and %s cannot say '
+                          'whether it committed; the source stays stopped: rerun when %s is reachable'
+                          % (self.name, self.where, self.where, self.where))
+        if self.channel is not None:
+            rolled = self.channel.call('abort', keep=bool((source or {}).get('keep_target', self.keep_target)))
+            self.recovered += ['target: %s' % r for r in rolled]
+        else:   # the target's agent fenced its copy IDLE seconds after it last heard from the source
+            wait = (source or {}).get('updated', 0) + IDLE + 3 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            self.recovered.append('target: not reachable; its agent removed an uncommitted copy by itself')
         if source is not None:
             self._restart_source()
             self.recovered.append('source: VE %s is %s again' % (self.name, self.ops.client.state(self.name)['state']))

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -65,16 +66,31 @@ class VeOps:
         return self.client.state(name)
 
     def stop(self, name, kill=False):
-        state = self.client.state(name)['state']
-        if state == 'frozen' and not kill:
-            self.client.unfreeze(name)
-        if state in ('running', 'frozen'):
-            if kill:
-                self.client.kill(name)
-            else:
-                self.client.stop(name, self.manager.stop_timeout)
-        if self.client.state(name)['state'] == 'frozen':   # a kill waits for the thaw to take effect
-            self.client.unfreeze(name)
+        """Stop a VE: a clean shutdown, or with ``kill`` SIGKILL to its init (a frozen VE dies at the thaw,
+        without running another instruction: its files stay as they were when it was frozen)."""
+        now = self.client.state(name)
+        if now['state'] not in ('running', 'frozen'):
+            return
+        if not kill:
+            if now['state'] == 'frozen':
+                self.client.unfreeze(name)
+            self.client.stop(name, self.manager.stop_timeout)
+            return
+        if now['pid']:
+            try:
+                os.kill(now['pid'], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if now['state'] == 'frozen':
+            try:
+                self.client.unfreeze(name)
+            except VzError:   # lxc-unfreeze waits for THAWED; a VE whose init died goes STOPPED instead
+                if self.client.state(name)['state'] == 'frozen':
+                    raise
+        try:
+            self.client.wait(name, ['STOPPED'], timeout=10)
+        except VzError:
+            self.client.kill(name)
 
     def freeze(self, name):
         self.client.freeze(name)
@@ -167,7 +183,9 @@ class Target:
     def op_hello(self, ve, operation, lock_timeout=0, keep_target=False, check_mode=False):
         self.ve = _validate.ve_name(ve)
         self.keep_target = bool(keep_target)
-        if not check_mode or os.path.isdir(self.host.locks_dir):
+        if self.lock is not None:
+            pass
+        elif not check_mode or os.path.isdir(self.host.locks_dir):
             if not check_mode:
                 self.host.ensure_layout()
             self.lock = Lock(self.host.locks_dir, 've', self.ve, operation, lock_timeout).acquire()
@@ -177,6 +195,14 @@ class Target:
                 'state': self.ops.client.state(self.ve)['state'] if meta else 'absent',
                 'incoming': os.path.isdir(incoming_dir(self.host, self.ve)),
                 'hostname': os.uname().nodename}
+
+    def op_hello_again(self):
+        """The journal and state again (after an abort), on the connection that holds the lock."""
+        self.journal = Journal(self.host.vz_root, self.ve)
+        meta = self.ops.meta(self.ve)
+        return {'journal': self.journal.data, 'meta': meta,
+                'state': self.ops.client.state(self.ve)['state'] if meta else 'absent',
+                'incoming': os.path.isdir(incoming_dir(self.host, self.ve)), 'hostname': os.uname().nodename}
 
     def op_ping(self):
         return True
@@ -577,7 +603,7 @@ class Channel:
                 self.proc.poll()
                 raise VzError('lost the connection to %s (%s): %s' % (
                     self.remote, op, ' | '.join(l for l in self._stderr[-3:] if l) or 'ssh ended'),
-                    unreachable=True)
+                    lost_target=True)
             self.last_answer = time.monotonic()
         answer = json.loads(line)
         if not answer.get('ok'):

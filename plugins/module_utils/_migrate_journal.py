@@ -71,6 +71,8 @@ class Journal:
 
     def end(self, step, **fields):
         """Record ``step`` as done, with ``fields`` to remember (e.g. what it changed)."""
+        if self.data is None:   # the last step removed the journal: nothing left to record
+            return
         self.data.update(fields)
         if step not in self.data['done']:
             self.data['done'].append(step)

@@ -49,6 +49,8 @@ class Remote:
         self.connect_timeout = int(connect_timeout)
         # seconds between SSH keepalives; three missed ones end the connection (a cut link fails fast)
         self.alive_interval = int(alive_interval) if alive_interval else None
+        # a socket path: the first connection becomes the master, later ones (rsync) ride on it
+        self.control_path = None
 
     def __str__(self):
         return '%s@%s' % (self.user, self.host)
@@ -65,6 +67,9 @@ class Remote:
             argv += ['-p', str(self.port)]
         if self.alive_interval:
             argv += ['-o', 'ServerAliveInterval=%d' % self.alive_interval, '-o', 'ServerAliveCountMax=3']
+        if self.control_path:
+            argv += ['-o', 'ControlMaster=auto', '-o', 'ControlPath=%s' % self.control_path,
+                     '-o', 'ControlPersist=no']
         return argv
 
     def command_argv(self, argv):
