@@ -16,6 +16,8 @@ import os
 import time
 
 CGROUP_ROOT = '/sys/fs/cgroup'
+# cgroup v2 controllers that VE limits use, enabled down to the VE parent
+VE_CONTROLLERS = ('cpu', 'cpuset', 'io', 'memory', 'pids')
 
 
 class CgroupTree:
@@ -72,6 +74,60 @@ class CgroupTree:
             return 'v2', self.v2
         return None, None
 
+    def mounts(self):
+        """Every hierarchy's mount point: v1 controllers, named v1 hierarchies, cgroup2."""
+        mounts = set(self.v1.values()) | set(self.named.values())
+        if self.v2:
+            mounts.add(self.v2)
+        return sorted(mounts)
+
+    def parent_dirs(self, parent):
+        """Directory of the VE parent cgroup in every hierarchy."""
+        return [os.path.join(mount, parent) for mount in self.mounts()]
+
+    def missing_parent(self, parent):
+        """The directories of the VE parent cgroup that do not exist yet (what ensure_parent makes)."""
+        return [path for path in self.parent_dirs(parent) if not os.path.isdir(path)]
+
+    def ensure_parent(self, parent):
+        """Make the VE parent cgroup in every hierarchy, ready for VEs; return what was changed.
+
+        On a new host nothing has made it yet, and the files a limit needs (``pids.max``,
+        ``blkio.bfq.weight``, every cgroup v2 interface file) exist only in cgroups below a root.
+        cgroup v1 cpuset levels get the CPUs and memory nodes of the level above (a new cpuset
+        is empty and could hold no task); cgroup v2 levels get every controller the level above
+        offers enabled in ``cgroup.subtree_control``, root first, so VEs below can use them.
+        Owned by root like the rest of the tree: LXC, running as root, makes each VE's cgroup in it.
+        """
+        changed = []
+        cpuset = self.v1.get('cpuset')
+        for mount in sorted(set(self.v1.values()) | set(self.named.values())):
+            current = mount
+            for part in parent.split('/'):
+                above, current = current, os.path.join(current, part)
+                if os.path.isdir(current):
+                    continue
+                try:
+                    os.mkdir(current, 0o755)
+                except FileExistsError:
+                    continue
+                changed.append(current)
+                if mount == cpuset:
+                    for name in ('cpuset.cpus', 'cpuset.mems'):
+                        _copy_if_empty(os.path.join(above, name), os.path.join(current, name))
+        if self.v2:
+            current = self.v2
+            for part in parent.split('/'):
+                changed += _enable_controllers(current)
+                current = os.path.join(current, part)
+                try:
+                    os.mkdir(current, 0o755)
+                    changed.append(current)
+                except FileExistsError:
+                    pass
+            changed += _enable_controllers(current)
+        return changed
+
     def ve_path(self, controller, parent, ve):
         """Directory of a VE's cgroup for ``controller`` (None when the host lacks the controller)."""
         _version, mount = self.controller(controller)
@@ -83,11 +139,8 @@ class CgroupTree:
         Named v1 hierarchies count: LXC makes the VE's cgroups in name=systemd too, and an empty
         leftover there alone makes the next start fail with "Failed to create monitor cgroup".
         """
-        mounts = set(self.v1.values()) | set(self.named.values())
-        if self.v2:
-            mounts.add(self.v2)
         dirs = []
-        for mount in sorted(mounts):
+        for mount in self.mounts():
             dirs.append(os.path.join(mount, parent, ve))
             dirs.append(os.path.join(mount, parent + '.monitor', ve))
         return dirs
@@ -150,3 +203,36 @@ class CgroupTree:
                 return int(handle.read().strip())
         except (OSError, ValueError):
             return None
+
+
+def _copy_if_empty(source, dest):
+    """Copy a cpuset list (cpus or mems) into a new cgroup whose own list is still empty."""
+    with open(dest) as handle:
+        if handle.read().strip():
+            return
+    with open(source) as handle:
+        value = handle.read().strip()
+    with open(dest, 'w') as handle:
+        handle.write(value)
+
+
+def _enable_controllers(directory):
+    """Enable in ``directory``'s subtree_control each VE controller it offers that is not yet enabled.
+
+    Returns ['<dir>/cgroup.subtree_control +name', ...] for what it enabled.
+    """
+    try:
+        with open(os.path.join(directory, 'cgroup.controllers')) as handle:
+            offered = handle.read().split()
+        with open(os.path.join(directory, 'cgroup.subtree_control')) as handle:
+            enabled = set(handle.read().split())
+    except OSError:
+        return []
+    done = []
+    for name in offered:
+        if name in enabled or name not in VE_CONTROLLERS:
+            continue
+        with open(os.path.join(directory, 'cgroup.subtree_control'), 'w') as handle:
+            handle.write('+' + name)
+        done.append('%s +%s' % (os.path.join(directory, 'cgroup.subtree_control'), name))
+    return done

@@ -614,22 +614,75 @@ def cgroup_settings(name, limits, facts, device=None):
     return out
 
 
+def _below_root(version, mount, file_name):
+    """Whether the kernel offers ``file_name`` in every cgroup below the hierarchy's root.
+
+    Such files (CFTYPE_NOT_ON_ROOT in the kernel) are missing from a root, so a root alone cannot
+    show them; a cgroup made by an earlier run would, but that proves nothing on a new host. The
+    answer comes from the controller and from what the root itself shows of the feature behind
+    the file.
+    """
+    if version == 'v1':
+        if file_name == 'pids.max':
+            return True
+        if file_name == 'blkio.bfq.weight':   # BFQ's statistics files are on the root too
+            return _any_file(mount, 'blkio.bfq.')
+        return False
+    if file_name == 'io.weight':              # iocost: io.cost.qos/model exist only on the root
+        return os.path.exists(os.path.join(mount, 'io.cost.qos'))
+    if file_name == 'io.bfq.weight':
+        return _scheduler_offered('bfq')
+    if file_name in ('memory.swap.max', 'memory.swap.high'):
+        return 'swapaccount=0' not in (read_file('/proc/cmdline') or '').split()
+    if file_name == 'cpu.max.burst':
+        return tuple(int(x) for x in re.findall(r'\d+', os.uname().release)[:2]) >= (5, 14)
+    return file_name in V2_BELOW_ROOT
+
+
+# cgroup v2 interface files every non-root cgroup has once its controller is enabled above it
+V2_BELOW_ROOT = frozenset(('cpu.weight', 'cpu.max', 'cpuset.cpus', 'cpuset.mems', 'memory.max', 'memory.high',
+                           'memory.low', 'memory.min', 'pids.max', 'io.max'))
+
+
+def _delegated(directory, controller):
+    """True when cgroup v2 ``directory`` passes ``controller`` on to the cgroups below it."""
+    return controller in (read_file(os.path.join(directory, 'cgroup.subtree_control')) or '').split()
+
+
+def _any_file(directory, prefix):
+    try:
+        return any(name.startswith(prefix) for name in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _scheduler_offered(name):
+    """True when some block device of the host offers the IO scheduler ``name``."""
+    try:
+        devices = os.listdir('/sys/block')
+    except OSError:
+        return False
+    return any(name in (read_file(os.path.join('/sys/block', dev, 'queue', 'scheduler')) or '')
+               .replace('[', ' ').replace(']', ' ').split() for dev in devices)
+
+
 def _present(tree, controller, names, parent=None):
-    """The first of ``names`` that exists in the controller's root or ``parent`` cgroup."""
-    _version, mount = tree.controller(controller)
+    """The first of ``names`` that the cgroup of a VE under ``parent`` will have, or None.
+
+    Decided from the controller itself, never from cgroups that other runs left behind: in the
+    parent cgroup when it exists (the VE manager makes it first, see CgroupTree.ensure_parent),
+    else from the hierarchy's root and what the kernel offers below a root.
+    """
+    version, mount = tree.controller(controller)
     if not mount:
         return None
+    where = os.path.join(mount, parent) if parent else None
+    if where and os.path.isdir(where):
+        if version == 'v2' and not _delegated(where, controller):
+            return None
+        return next((f for f in names if os.path.exists(os.path.join(where, f))), None)
     for file_name in names:
-        for directory in ([os.path.join(mount, parent)] if parent else []) + [mount]:
-            if os.path.exists(os.path.join(directory, file_name)):
-                return file_name
-    # child-only files (e.g. blkio.bfq.weight) do not exist in the root: look one level down
-    try:
-        children = [e.path for e in os.scandir(mount) if e.is_dir()]
-    except OSError:
-        children = []
-    for file_name in names:
-        if any(os.path.exists(os.path.join(child, file_name)) for child in children[:20]):
+        if os.path.exists(os.path.join(mount, file_name)) or _below_root(version, mount, file_name):
             return file_name
     return None
 
@@ -637,11 +690,19 @@ def _present(tree, controller, names, parent=None):
 def check_files(name, settings, tree, parent):
     """Refuse settings whose cgroup file this kernel lacks, naming the key, the file and why."""
     for setting in settings:
-        if _present(tree, setting.controller, (setting.file,), parent) is None:
-            why = WHY_MISSING.get(setting.file, 'this kernel does not offer it')
-            raise VzError('VE %s: limits: %s cannot be applied on this host: it needs the cgroup file %s (%s '
-                          'controller, cgroup %s), which is missing: %s'
-                          % (name, ', '.join(setting.keys), setting.file, setting.controller, setting.version, why))
+        if _present(tree, setting.controller, (setting.file,), parent) is not None:
+            continue
+        where = os.path.join(tree.controller(setting.controller)[1], parent)
+        if setting.version == 'v2' and os.path.isdir(where) and not _delegated(where, setting.controller):
+            raise VzError('VE %s: limits: %s cannot be applied on this host: the %s controller is not enabled for '
+                          'the cgroups below %s (it is not in its cgroup.subtree_control); enable it with '
+                          '"echo +%s > %s/cgroup.subtree_control" (and in every level above), or let the '
+                          'osvirt.vz.host role make the VE parent cgroup'
+                          % (name, ', '.join(setting.keys), setting.controller, where, setting.controller, where))
+        why = WHY_MISSING.get(setting.file, 'this kernel does not offer it')
+        raise VzError('VE %s: limits: %s cannot be applied on this host: it needs the cgroup file %s (%s '
+                      'controller, cgroup %s), which is missing: %s'
+                      % (name, ', '.join(setting.keys), setting.file, setting.controller, setting.version, why))
 
 
 def config_items(settings):

@@ -547,6 +547,7 @@ class VeManager:
         self._pending_limits = {}
         self._task_addresses = {}   # address -> VE, over the plans of one ensure()
         self._lease_book = None
+        self._parents_ready = set()
         self.client = client
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
@@ -703,6 +704,7 @@ class VeManager:
         parent = new_meta['cgroup_parent']
         settings = self.limit_settings(new_meta)
         _limits.check(name, new, self.facts)
+        self.ensure_cgroup_parent(parent)
         _limits.check_files(name, settings, self.cgroups, parent)
         if any(_limits.get(new, *key) and _limits.get(new, *key) != _limits.get(old, *key)
                for key in _limits.GUARANTEES):
@@ -745,6 +747,21 @@ class VeManager:
             old_settings = self.limit_settings(meta) if meta else []
             plan['limit_writes'] = _limits.pending(_limits.live_plan(old_settings, settings, self.cgroups, parent,
                                                                      name))
+
+    def ensure_cgroup_parent(self, parent):
+        """Make the VE parent cgroup exist (not in check mode), once per manager and parent.
+
+        A new host has none until the first VE starts, and the files some limits need exist only
+        below a hierarchy's root: checking them in the parent keeps the answer independent of
+        what ran on the host before.
+        """
+        if self.check_mode or parent in self._parents_ready:
+            return
+        try:
+            self.cgroups.ensure_parent(parent)
+        except OSError as exc:
+            raise VzError('cannot make the VE parent cgroup %s: %s' % (parent, exc))
+        self._parents_ready.add(parent)
 
     # -- the whole job --------------------------------------------------------------------
     def ensure(self, specs, restart=False):

@@ -30,7 +30,8 @@ def v1_tree(tmp_path, burst=True, memsw=True, weight='blkio.bfq.weight'):
     for number, (ctrl, names) in enumerate(files.items()):
         mount = root / ctrl
         (mount / 'vz' / 'web1').mkdir(parents=True)
-        for name in names:
+        for name in names + (['blkio.bfq.io_service_bytes'] if ctrl == 'blkio' and weight == 'blkio.bfq.weight'
+                             else []):
             (mount / name).write_text('0\n')
         for child in ('vz', 'vz/web1'):
             for name in names + (['pids.max', 'pids.current', 'pids.events'] if ctrl == 'pids' else []) + \
@@ -54,6 +55,7 @@ def v2_tree(tmp_path, swap=True):
     for child in ('vz', 'vz/web1'):
         for name in names:
             (root / child / name).write_text('0\n')
+    (root / 'vz' / 'cgroup.subtree_control').write_text('cpuset cpu io memory pids\n')
     (tmp_path / 'mountinfo2').write_text('40 1 0:30 / %s rw - cgroup2 cgroup2 rw\n' % root)
     return CgroupTree(str(tmp_path / 'mountinfo2'))
 
@@ -345,3 +347,88 @@ def test_default_net_capacity_is_the_shaping_default(tmp_path):
     from ansible_collections.osvirt.vz.plugins.module_utils import _shaping
     assert L.DEFAULT_NET_CAPACITY_BPS == _shaping.DEFAULT_CAPACITY_BPS
     assert L.HostFacts(v1_tree(tmp_path), cpu_ids=[0], mem_total=G, swap_total=0).net_capacity == 10 ** 10
+
+
+# -- a new host: no VE parent cgroup, nothing left by earlier runs ------------------------------
+def fresh_v1_tree(tmp_path, bfq=False):
+    """A v1 host where no cgroup below any root exists yet (a machine that never ran a VE)."""
+    root = tmp_path / 'fresh'
+    lines = []
+    files = {'pids': ['pids.current'], 'memory': ['memory.limit_in_bytes'],
+             'blkio': ['blkio.throttle.read_bps_device'] + (['blkio.bfq.io_service_bytes'] if bfq else []),
+             'cpuset': ['cpuset.cpus', 'cpuset.mems']}
+    for number, (ctrl, names) in enumerate(files.items()):
+        (root / ctrl).mkdir(parents=True)
+        for name in names:
+            (root / ctrl / name).write_text('0-1\n' if ctrl == 'cpuset' else '0\n')
+        lines.append('%d 1 0:%d / %s rw - cgroup cgroup rw,%s' % (30 + number, 40 + number, root / ctrl, ctrl))
+    (tmp_path / 'mountinfo-fresh').write_text('\n'.join(lines) + '\n')
+    return CgroupTree(str(tmp_path / 'mountinfo-fresh'))
+
+
+@pytest.fixture
+def kernel_mkdir(monkeypatch):
+    """mkdir in a fake tree as the kernel does it: a new cpuset shows empty cpus and mems lists."""
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777):
+        real_mkdir(path, mode)
+        if os.path.basename(os.path.dirname(str(path))) == 'cpuset' or '/cpuset/' in str(path):
+            for name in ('cpuset.cpus', 'cpuset.mems'):
+                with open(os.path.join(path, name), 'w') as handle:
+                    handle.write('\n')
+    monkeypatch.setattr(os, 'mkdir', mkdir)
+
+
+def test_numproc_on_a_new_v1_host(tmp_path, kernel_mkdir):
+    """pids.max is never in a v1 root: the pids controller alone says a VE cgroup will have it."""
+    tree = fresh_v1_tree(tmp_path)
+    settings = L.cgroup_settings('web1', canon({'numproc': 128, 'memory': {'ram': '64M'}}), facts(tree))
+    L.check_files('web1', settings, tree, 'vz')        # no parent yet: decided from the controller
+    tree.ensure_parent('vz')
+    assert (tmp_path / 'fresh' / 'pids' / 'vz').is_dir()
+    (tmp_path / 'fresh' / 'pids' / 'vz' / 'pids.max').write_text('max\n')   # what the kernel shows there
+    (tmp_path / 'fresh' / 'memory' / 'vz' / 'memory.limit_in_bytes').write_text('-1\n')
+    L.check_files('web1', settings, tree, 'vz')
+
+
+@pytest.mark.parametrize('bfq', [False, True])
+def test_ioprio_from_the_scheduler_not_from_leftovers(tmp_path, bfq):
+    tree = fresh_v1_tree(tmp_path, bfq=bfq)
+    settings = L.cgroup_settings('web1', canon({'disk': {'ioprio': 3}}), facts(tree))
+    if bfq:
+        assert [s.file for s in settings] == ['blkio.bfq.weight']
+        L.check_files('web1', settings, tree, 'vz')
+    else:
+        with pytest.raises(VzError, match='disk.ioprio .* blkio.weight .* BFQ'):
+            L.check_files('web1', settings, tree, 'vz')
+
+
+def test_ensure_parent_gives_new_cpusets_the_cpus_above(tmp_path, kernel_mkdir):
+    tree = fresh_v1_tree(tmp_path)
+    cpuset = tmp_path / 'fresh' / 'cpuset'
+    made = tree.ensure_parent('vz/inner')
+    assert str(cpuset / 'vz') in made and str(cpuset / 'vz' / 'inner') in made
+    assert (cpuset / 'vz' / 'inner' / 'cpuset.cpus').read_text() == '0-1'
+    assert tree.ensure_parent('vz/inner') == []                  # second run: nothing to do
+
+
+def test_v2_controller_not_delegated_names_the_fix(tmp_path):
+    tree = v2_tree(tmp_path)
+    (tmp_path / 'cg2' / 'vz' / 'cgroup.subtree_control').write_text('cpu memory\n')
+    settings = L.cgroup_settings('web1', canon({'numproc': 50}), facts(tree))
+    with pytest.raises(VzError, match=r'numproc .* the pids controller is not enabled .*echo \+pids >'):
+        L.check_files('web1', settings, tree, 'vz')
+
+
+def test_ensure_parent_enables_v2_controllers_root_first(tmp_path):
+    root = tmp_path / 'u'
+    root.mkdir()
+    (root / 'cgroup.controllers').write_text('cpuset cpu io memory hugetlb pids\n')
+    (root / 'cgroup.subtree_control').write_text('memory\n')
+    (tmp_path / 'mi').write_text('40 1 0:30 / %s rw - cgroup2 cgroup2 rw\n' % root)
+    tree = CgroupTree(str(tmp_path / 'mi'))
+    made = tree.ensure_parent('vz')
+    enabled = [m.rsplit(' ', 1)[1] for m in made if m.startswith(str(root / 'cgroup.subtree_control'))]
+    assert enabled == ['+cpuset', '+cpu', '+io', '+pids']        # hugetlb is none of ours
+    assert str(root / 'vz') in made
