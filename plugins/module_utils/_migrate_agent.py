@@ -492,7 +492,12 @@ def serve(vz_root, idle=IDLE, stdin=None, stdout=None):
                 target.journal = None   # a clean goodbye: the source decided what stays
                 break
             try:
-                result = getattr(target, 'op_' + request['op'])(**request.get('args') or {})
+                if request.get('op') not in ('hello', 'ping', 'criu') and target.ve is None:
+                    raise VzError('the agent serves one VE: hello names it first')
+                handler = getattr(target, 'op_' + str(request.get('op')), None)
+                if handler is None:
+                    raise VzError('the agent has no operation %r' % (request.get('op'),))
+                result = handler(**request.get('args') or {})
                 answer = {'ok': True, 'result': result}
             except VzError as exc:
                 answer = {'ok': False, 'error': exc.message,

@@ -23,8 +23,8 @@ from ._fs import make_dirs, read_json, write_json
 SCHEMA = 1
 
 # The source's steps in order. Everything before 'commit' has an undo; from 'commit' on only completion.
-SOURCE_STEPS = ('template', 'precopy', 'freeze', 'final_sync', 'stop', 'register', 'start', 'commit',
-                'fence', 'remove', 'finish')
+SOURCE_STEPS = ('template', 'precopy', 'freeze', 'checkpoint', 'final_sync', 'stop', 'register', 'start',
+                'restore', 'commit', 'fence', 'remove', 'keep', 'finish')
 BEFORE_COMMIT = SOURCE_STEPS[:SOURCE_STEPS.index('commit')]
 
 # The target's phases: what its copy is. Only 'committed' means the target owns the VE.
