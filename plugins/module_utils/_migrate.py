@@ -85,6 +85,7 @@ class Guardian:
                     except (OSError, ValueError):
                         pass
                 migration.channel = None
+                os.environ.pop(FAULT_ENV, None)   # an injected fault is for the module, not for its recovery
                 os.setsid()
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
@@ -403,10 +404,13 @@ class Migration:
         if self.ops.meta(self.name) is None:
             return
         self.ops.set_autostart(self.name, bool(data.get('autostart')))
-        if data.get('state') in ('running', 'frozen') and self.ops.client.state(self.name)['state'] == 'stopped':
+        now = self.ops.client.state(self.name)['state']
+        if data.get('state') in ('running', 'frozen') and now == 'stopped':
             self.ops.start(self.name)
             if data.get('state') == 'frozen':
                 self.ops.freeze(self.name)
+        elif data.get('state') == 'running' and now == 'frozen':
+            self.ops.unfreeze(self.name)
         images = os.path.join(self.host.ve_dir(self.name), 'private', 'checkpoint')
         if os.path.isdir(images):
             remove_tree(images)
