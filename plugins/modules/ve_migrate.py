@@ -233,6 +233,8 @@ def main():
                               target_label=label)
         result = migration.run()
         diff = result.pop('diff')
+        for warning in result.pop('warnings'):
+            module.warn(warning)
         if module._diff:
             result['diff'] = diff
         module.exit_json(**result)

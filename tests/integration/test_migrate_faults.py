@@ -138,15 +138,15 @@ def test_link_cut_busy_and_refusals(lab, run_playbook, lab_template, harness):
         name = _make_ve(run_playbook, lab, lab1, lab_template, "10.20.0.73")
         names.append(name)
         sums = _private_sums(lab, lab1, name)
-        playbook = play([_task(name, lab2, fault="freeze:sleep:4")], lab1)
-        # a second migration of the VE while the first runs: busy, on the source's lock
+        playbook = play([_task(name, lab2, fault="freeze:sleep:8")], lab1)
         first = _background(harness, lab, playbook)
         try:
             assert _wait_for(lambda: (_journal(lab, lab1, name) or {}).get("doing") == "freeze", 60)
-            run = run_playbook(play([_task(name, lab2)], lab1), inventory=lab.inventory, expect_fail=True)
-            assert "is busy" in run.task("migrate", host=lab1).msg, run.task("migrate", host=lab1).msg
             # the link to lab2 cut while the first one waits before the freeze
             _cut(lab, lab1, lab2_address(lab), True)
+            # a second migration of the VE while the first runs: busy, on the source's lock
+            run = run_playbook(play([_task(name, lab2)], lab1), inventory=lab.inventory, expect_fail=True)
+            assert "is busy" in run.task("migrate", host=lab1).msg, run.task("migrate", host=lab1).msg
             out, _err = first.communicate(timeout=240)
         finally:
             _cut(lab, lab1, None, False)
