@@ -24,7 +24,7 @@ from . import _validate
 from ._errors import VzError
 from ._fs import disk_usage, remove_tree
 from ._locks import Lock
-from ._migrate_agent import IDLE, Channel, VeOps, _run, criu_support
+from ._migrate_agent import IDLE, Channel, MigrationOps, _run, criu_support
 from ._migrate_journal import MAX_ROUNDS, MODES, ROUND_THRESHOLD, Journal, downtime, next_round, plan_steps, \
     resume_action
 
@@ -132,7 +132,7 @@ class Migration:
         self.python = python
         self.lock_timeout = lock_timeout
         self.where = target_label or remote.host
-        self.ops = VeOps(host, stop_timeout=stop_timeout)
+        self.ops = MigrationOps(host, stop_timeout=stop_timeout)
         self.journal = Journal(host.vz_root, self.name)
         self.channel = None
         self.timings, self.rounds_done, self.actions, self.recovered = {}, [], [], []
@@ -234,7 +234,7 @@ class Migration:
                                     % (self.name, self.where, why))
         private = disk_usage(os.path.join(self.host.ve_dir(self.name), 'private'))
         layers = list(reversed(meta.get('layers') or [meta['template']]))   # parents first
-        store = self.ops.manager.templates
+        store = self.ops.templates
         template_bytes = sum(disk_usage(os.path.join(store.version_dir(*_validate.template_ref(ref)), 'rootfs'))
                              for ref in layers)
         answer = self.channel.call('preflight', meta=meta, private_bytes=private, template_bytes=template_bytes,
@@ -268,7 +268,7 @@ class Migration:
 
     # -- doing it -------------------------------------------------------------------------
     def _migrate(self, meta):
-        state = self.ops.client.state(self.name)['state']
+        state = self.ops.state(self.name)['state']
         mode, missing, private = self.preflight(meta, state)
         running = state in ('running', 'frozen')
         plan = plan_steps(mode, running, bool(missing), self.keep_source)
@@ -343,7 +343,7 @@ class Migration:
         return stats, round(time.monotonic() - started, 3)
 
     def _copy_templates(self, missing):
-        store = self.ops.manager.templates
+        store = self.ops.templates
         for ref in missing:
             tname, tversion = _validate.template_ref(ref)
             staging = self.channel.call('template_staging', name=tname, version=tversion)
@@ -404,7 +404,7 @@ class Migration:
         if self.ops.meta(self.name) is None:
             return
         self.ops.set_autostart(self.name, bool(data.get('autostart')))
-        now = self.ops.client.state(self.name)['state']
+        now = self.ops.state(self.name)['state']
         if data.get('state') in ('running', 'frozen') and now == 'stopped':
             self.ops.start(self.name)
             if data.get('state') == 'frozen':
@@ -532,7 +532,7 @@ class Migration:
             self.recovered.append('target: not reachable; its agent removed an uncommitted copy by itself')
         if source is not None:
             self._restart_source()
-            self.recovered.append('source: VE %s is %s again' % (self.name, self.ops.client.state(self.name)['state']))
+            self.recovered.append('source: VE %s is %s again' % (self.name, self.ops.state(self.name)['state']))
             self.journal.remove()
         return 'rollback'
 

@@ -16,7 +16,7 @@ target's copy of a VE that is not committed (stops it first if it runs). So a so
 its target may start its own copy again once ``idle`` seconds (plus a margin) have passed since
 the last answer: the target's copy is then gone, never two running copies.
 
-``VeOps`` is the one place that calls into the VE manager (both hosts use it).
+``MigrationOps`` is the one place that calls the VE steps of ``_ve_ops`` (both hosts use it).
 """
 
 from __future__ import annotations
@@ -41,40 +41,49 @@ from ._host import Host
 from ._locks import Lock
 from ._migrate_journal import Journal
 from ._templates import TemplateStore
-from ._ves import VeManager, config_digest, host_link_name, is_owned
+from ._ve_config import config_digest
+from ._ve_net import host_link_name
+from ._ve_ops import VeOps
 
 PACKAGE = __name__.rpartition('.')[0]
 IDLE = 12            # seconds without a request after which an agent fences its uncommitted copy
 PING_EVERY = 2
 
 
-# -- the VE manager's steps, in one place ---------------------------------------------------------
-class VeOps:
-    """Lifecycle steps of one host's VEs as migration needs them."""
+# -- the VE steps migration uses, in one place ------------------------------------------------------
+class MigrationOps:
+    """The per-VE steps of ``_ve_ops.VeOps`` as migration uses them on either host."""
 
     def __init__(self, host, stop_timeout=30):
         self.host = host
         self.client = LxcClient(host.ves_dir)
-        self.manager = VeManager(host, self.client, stop_timeout=stop_timeout)
+        self.ve = VeOps(host, self.client, stop_timeout=stop_timeout)
+        self.templates = self.ve.templates
 
     def meta(self, name):
-        return self.manager.read_meta(name)
+        return self.ve.read_meta(name)
+
+    def names(self):
+        return self.ve.names()
 
     def state(self, name):
         if self.meta(name) is None:
             return {'state': 'absent', 'pid': None}
-        return self.client.state(name)
+        return self.ve.state(name)
+
+    def manifest(self, meta):
+        return self.templates.manifest(*_validate.template_ref(meta['template']))
 
     def stop(self, name, kill=False):
         """Stop a VE: a clean shutdown, or with ``kill`` SIGKILL to its init (a frozen VE dies at the thaw,
         without running another instruction: its files stay as they were when it was frozen)."""
-        now = self.client.state(name)
+        now = self.ve.state(name)
         if now['state'] not in ('running', 'frozen'):
             return
         if not kill:
             if now['state'] == 'frozen':
-                self.client.unfreeze(name)
-            self.client.stop(name, self.manager.stop_timeout)
+                self.ve.unfreeze(name)
+            self.ve.stop(name)
             return
         if now['pid']:
             try:
@@ -83,51 +92,44 @@ class VeOps:
                 pass
         if now['state'] == 'frozen':
             try:
-                self.client.unfreeze(name)
+                self.ve.unfreeze(name)
             except VzError:   # lxc-unfreeze waits for THAWED; a VE whose init died goes STOPPED instead
-                if self.client.state(name)['state'] == 'frozen':
+                if self.ve.state(name)['state'] == 'frozen':
                     raise
         try:
             self.client.wait(name, ['STOPPED'], timeout=10)
         except VzError:
-            self.client.kill(name)
+            self.ve.kill(name)
 
     def freeze(self, name):
-        self.client.freeze(name)
+        self.ve.freeze(name)
 
     def unfreeze(self, name):
-        if self.client.state(name)['state'] == 'frozen':
-            self.client.unfreeze(name)
+        if self.ve.state(name)['state'] == 'frozen':
+            self.ve.unfreeze(name)
 
     def start(self, name):
-        """Start a registered VE: cgroup limits from its config, then guard and shaping (the VE manager's step)."""
+        """Start a registered VE: limits from its config, then its guard and shaping."""
         meta = self.meta(name)
-        manifest = self.manager.templates.manifest(*_validate.template_ref(meta['template']))
-        self.manager._step_start({'name': name, 'meta': meta, 'new_meta': meta, 'manifest': manifest})  # pylint: disable=protected-access
-        pid = self.client.state(name)['pid']
-        on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
-        self.manager._record_running(name, pid, config_digest(on_disk))  # pylint: disable=protected-access
+        self.ve.start(name, meta, self.manifest(meta))
+        pid = self.ve.state(name)['pid']
+        self.ve.record_running(name, pid, config_digest(self.ve.config_on_disk(name)))
         return pid
 
     def adopt(self, meta):
         """``meta`` of a VE from another host as this host keeps it: its cgroup parent, its host link names."""
         meta = dict(meta)
         meta['cgroup_parent'] = self.host.cgroup_parent
-        network = []
-        for index, iface in enumerate(meta.get('network') or []):
-            network.append(dict(iface, host_link=host_link_name(meta['name'], index, self.host.cgroup_parent)))
-        meta['network'] = network
+        meta['network'] = [dict(iface, host_link=host_link_name(meta['name'], index, self.host.cgroup_parent))
+                           for index, iface in enumerate(meta.get('network') or [])]
         return meta
 
-    def render_config(self, directory, meta, create=True):
-        """Write the LXC config of ``meta`` into ``directory`` (keys the collection does not own are kept)."""
-        manifest = self.manager.templates.manifest(*_validate.template_ref(meta['template']))
-        items = self.manager.desired_config(meta, manifest, create=create)
-        path = os.path.join(directory, 'config')
-        cfg = LxcConfig.load(path) if os.path.exists(path) else LxcConfig()
-        cfg.replace_owned(is_owned, items)
-        cfg.save(path)
-        write_json(os.path.join(directory, 've.json'), meta)
+    def prepare(self, meta):
+        """The shifted template copies of the VE's id range, made before they are needed."""
+        self.ve.desired_config(meta, self.manifest(meta), create=True)
+
+    def register(self, meta):
+        self.ve.register(meta, self.manifest(meta))
 
     def set_autostart(self, name, on, directory=None):
         directory = directory or self.host.ve_dir(name)
@@ -140,27 +142,18 @@ class VeOps:
         write_json(os.path.join(directory, 've.json'), meta)
 
     def claim(self, meta):
-        leases, claimed = _addrpool.Leases(self.host), []
-        try:
-            for iface in meta.get('network') or []:
-                for key in ('ipv4', 'ipv6'):
-                    for cidr in iface.get(key) or []:
-                        address = cidr.split('/')[0]
-                        leases.claim(meta['name'], iface['name'], address)
-                        claimed.append(address)
-        except BaseException:
-            if claimed:
-                leases.release(meta['name'], claimed)
-            raise
-        return claimed
+        return self.ve.claim_addresses(meta['name'], meta.get('network') or [])
 
     def release(self, name):
         if os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
-            _addrpool.Leases(self.host).release(name)
+            self.ve.net.release(name)
+
+    def after_start(self, name):
+        self.ve.after_start(self.meta(name))
 
     def remove(self, name):
-        """Remove a stopped VE with its private area, leases, guard and cgroups (the VE manager's step)."""
-        self.manager._step_destroy({'name': name, 'meta': self.meta(name), 'new_meta': None})  # pylint: disable=protected-access
+        """Remove a stopped VE with its private area, leases, guard and cgroups."""
+        self.ve.unregister(name, self.meta(name))
 
 
 # -- the target's operations ----------------------------------------------------------------------
@@ -173,7 +166,7 @@ class Target:
 
     def __init__(self, vz_root):
         self.host = Host(vz_root=vz_root)
-        self.ops = VeOps(self.host)
+        self.ops = MigrationOps(self.host)
         self.lock = None
         self.ve = None
         self.keep_target = False
@@ -192,7 +185,7 @@ class Target:
         self.journal = Journal(self.host.vz_root, self.ve)
         meta = self.ops.meta(self.ve)
         return {'journal': self.journal.data, 'meta': meta,
-                'state': self.ops.client.state(self.ve)['state'] if meta else 'absent',
+                'state': self.ops.state(self.ve)['state'],
                 'incoming': os.path.isdir(incoming_dir(self.host, self.ve)),
                 'hostname': os.uname().nodename}
 
@@ -201,7 +194,7 @@ class Target:
         self.journal = Journal(self.host.vz_root, self.ve)
         meta = self.ops.meta(self.ve)
         return {'journal': self.journal.data, 'meta': meta,
-                'state': self.ops.client.state(self.ve)['state'] if meta else 'absent',
+                'state': self.ops.state(self.ve)['state'],
                 'incoming': os.path.isdir(incoming_dir(self.host, self.ve)), 'hostname': os.uname().nodename}
 
     def op_ping(self):
@@ -230,11 +223,11 @@ class Target:
                     problems.append(prefix + 'address %s (interface %s) is used there by VE %s'
                                     % (cidr.split('/')[0], iface['name'], owner.get('ve')))
         limits = meta.get('limits') or {}
-        facts = self.ops.manager.facts
+        facts = self.ops.ve.facts
         try:
             _limits.check(name, limits, facts)
             others = {}
-            for other in self.ops.manager.names():
+            for other in self.ops.names():
                 if other != name:
                     others[other] = (self.ops.meta(other) or {}).get('limits') or {}
             _limits.admit(name, limits, others, facts)
@@ -261,7 +254,7 @@ class Target:
                 problems.append(prefix + str(exc))
         try:
             adopted = self.ops.adopt(meta)
-            _limits.check_files(name, self.ops.manager.limit_settings(adopted), self.ops.manager.cgroups,
+            _limits.check_files(name, self.ops.ve.limit_settings(adopted), self.ops.ve.cgroups,
                                 adopted['cgroup_parent'])
         except VzError as exc:
             problems.append(prefix + str(exc))
@@ -309,8 +302,7 @@ class Target:
     def op_prepare(self):
         """The shifted template copies the VE will need (made now, while the source still runs)."""
         meta = read_json(os.path.join(incoming_dir(self.host, self.ve), 've.json'))
-        manifest = self.ops.manager.templates.manifest(*_validate.template_ref(meta['template']))
-        self.ops.manager.desired_config(self.ops.adopt(meta), manifest, create=True)
+        self.ops.prepare(self.ops.adopt(meta))
         return True
 
     def op_register(self, autostart):
@@ -332,10 +324,11 @@ class Target:
                 os.unlink(os.path.join(directory, leftover))
             except FileNotFoundError:
                 pass
-        self.ops.render_config(directory, meta)
+        self.ops.set_autostart(self.ve, False, directory)   # the source's config until registered: never autostarted
         self._phase('registering', autostart=bool(autostart))
-        self.ops.claim(meta)
         os.rename(directory, self.host.ve_dir(self.ve))
+        self.ops.register(meta)
+        self.ops.claim(meta)
         self._phase('registered')
         return meta
 
@@ -350,8 +343,8 @@ class Target:
         _criu = criu_support()
         images = os.path.join(self.host.ve_dir(self.ve), 'private', 'checkpoint')
         _criu.restore(_run, self.host.ves_dir, self.ve, images)
-        pid = self.ops.client.state(self.ve)['pid']
-        self.ops.manager._guard(self.ops.meta(self.ve))  # pylint: disable=protected-access
+        pid = self.ops.state(self.ve)['pid']
+        self.ops.after_start(self.ve)
         self._phase('started')
         remove_tree(images)
         announce(self.ops.meta(self.ve), pid)
@@ -377,7 +370,7 @@ class Target:
         if phase == 'committed':
             raise VzError('VE %s is committed on %s; it is not removed' % (self.ve, os.uname().nodename))
         if phase in ('registering', 'registered', 'started') and self.ops.meta(self.ve) is not None:
-            if self.ops.client.state(self.ve)['state'] in ('running', 'frozen', 'starting'):
+            if self.ops.state(self.ve)['state'] in ('running', 'frozen', 'starting'):
                 self.ops.stop(self.ve, kill=True)
                 done.append('stopped the target copy')
             if keep:
