@@ -258,12 +258,15 @@ class Migration:
         for side, probe in (('this host', here), (self.where, there)):
             if not probe.get('check_ok'):
                 return 'CRIU on %s: %s' % (side, probe.get('reason') or 'criu check fails')
-        if not _criu.compatible(here, there):
-            return 'CRIU %s here and %s on %s are not compatible' % (here.get('version'), there.get('version'),
-                                                                  self.where)
+        ok, reasons = _criu.compatible(here, there)
+        if not ok:
+            return '; '.join(reasons)
         from ._engine.config import LxcConfig  # pylint: disable=import-outside-toplevel
-        blockers = _criu.dump_blockers(LxcConfig.load(os.path.join(self.host.ve_dir(self.name), 'config')),
-                                       self.host)
+        blockers = list(_criu.dump_blockers(LxcConfig.load(os.path.join(self.host.ve_dir(self.name), 'config')),
+                                            self.host))
+        pid = self.ops.state(self.name)['pid']
+        if pid and hasattr(_criu, 'process_blockers'):
+            blockers += _criu.process_blockers(pid)
         return '; '.join(blockers) if blockers else None
 
     # -- doing it -------------------------------------------------------------------------
@@ -405,15 +408,30 @@ class Migration:
             return
         self.ops.set_autostart(self.name, bool(data.get('autostart')))
         now = self.ops.state(self.name)['state']
-        if data.get('state') in ('running', 'frozen') and now == 'stopped':
+        images = os.path.join(self.host.ve_dir(self.name), 'private', 'checkpoint')
+        if data.get('state') in ('running', 'frozen') and now == 'stopped' and \
+                os.path.exists(os.path.join(images, 'inventory.img')) and self._restore_here(images):
+            pass   # a live migration's checkpoint: the processes go on where they were
+        elif data.get('state') in ('running', 'frozen') and now == 'stopped':
             self.ops.start(self.name)
             if data.get('state') == 'frozen':
                 self.ops.freeze(self.name)
         elif data.get('state') == 'running' and now == 'frozen':
             self.ops.unfreeze(self.name)
-        images = os.path.join(self.host.ve_dir(self.name), 'private', 'checkpoint')
         if os.path.isdir(images):
             remove_tree(images)
+
+    def _restore_here(self, images):
+        """Undo of a checkpoint: restore the VE from its own dump on this host (True when it worked)."""
+        _criu = criu_support()
+        if _criu is None:
+            return False
+        try:
+            _criu.restore(_run, self.host.ves_dir, self.name, images)
+            self.ops.after_start(self.name)
+            return True
+        except (VzError, OSError):
+            return False
 
     def _start_target(self):
         self.channel.call('start')

@@ -529,6 +529,15 @@ BOOTSTRAP = (
 
 def package_zip():
     """The collection's module_utils loaded in this process, as zip bytes (sources only)."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    import pkgutil  # pylint: disable=import-outside-toplevel
+    package = sys.modules[PACKAGE]
+    # modules imported only when needed (the guard, shaping, netlink) must travel too
+    for info in pkgutil.walk_packages(package.__path__, PACKAGE + '.'):
+        try:
+            importlib.import_module(info.name)
+        except ImportError:
+            pass   # an optional part this host lacks; the target then lacks it as well
     buffer = io.BytesIO()
     written = set()
     with zipfile.ZipFile(buffer, 'w', zipfile.ZIP_DEFLATED) as archive:

@@ -117,6 +117,10 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert limit.read_text().strip() == str(96 << 20)
         assert _lease_owner(lab, lab2, address) == name and _lease_owner(lab, lab1, address) is None
         assert lab.exec(lab2, "busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0
+        # the anti-spoofing guard of the VE's link is set on the target
+        guard = lab.exec(lab2, "nft", "list", "chain", "netdev", "osvirt_vz_guard",
+                         "ve_" + moved["network"][0]["host_link"], check=False)
+        assert guard.returncode == 0 and address in guard.stdout, guard.stderr
         assert not _exists(lab, lab1, "%s/migrations/%s.json" % (VZ, name))
         assert not _exists(lab, lab2, "%s/migrations/%s.json" % (VZ, name))
 
@@ -125,7 +129,6 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert not again.changed and again["where"] == "target", again.result
 
         # and back, offline, keeping lab2's copy fenced as <name>.migrated
-        sums = _private_sums(lab, lab2, name)
         run_playbook(play([{"name": "stop", "osvirt.vz.ve": {"name": name, "state": "stopped"}}], lab2),
                      inventory=lab.inventory)
         sums = _private_sums(lab, lab2, name)
@@ -135,6 +138,13 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert _private_sums(lab, lab1, name) == sums
         assert _exists(lab, lab2, "%s/ves/%s.migrated/config.migrated" % (VZ, name))
         assert not _exists(lab, lab2, "%s/ves/%s.migrated/config" % (VZ, name))
+
+        # ping-pong: two more round trips, the private files unchanged every time
+        for source, target in ((lab1, lab2), (lab2, lab1)) * 2:
+            result = _migrate(run_playbook, lab, source, name, target)
+            assert result.changed and _state(lab, target, name) == "STOPPED", result.result
+            assert _private_sums(lab, target, name) == sums
+        assert _state(lab, lab2, name) == "ABSENT"
     finally:
         run_playbook(play([
             {"name": "rm ve", "ignore_errors": True, "osvirt.vz.ve": {"name": name, "state": "absent"}},

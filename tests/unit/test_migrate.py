@@ -141,7 +141,8 @@ def test_agent_answers_each_request_and_errors_are_answers():
 def test_package_zip_holds_the_agent_and_its_imports():
     names = zipfile.ZipFile(io.BytesIO(_migrate_agent.package_zip())).namelist()
     prefix = 'ansible_collections/osvirt/vz/plugins/module_utils/'
-    for module in ('_migrate_agent.py', '_ves.py', '_addrpool.py', '_locks.py', '_engine/client.py'):
+    for module in ('_migrate_agent.py', '_ve_ops.py', '_addrpool.py', '_antispoof.py', '_shaping.py', '_vnet.py',
+                   '_locks.py', '_engine/client.py'):
         assert prefix + module in names, module
     assert 'ansible_collections/__init__.py' in names
 
