@@ -436,10 +436,12 @@ class Migration:
     def _start_target(self):
         self.channel.call('start')
         self.timings['running_at'] = time.monotonic()
+        self.announced = self.channel.call('announce')
 
     def _restore_target(self):
         self.channel.call('restore')
         self.timings['running_at'] = time.monotonic()
+        self.announced = self.channel.call('announce')
 
     def _commit(self):
         started = time.monotonic()
@@ -575,6 +577,7 @@ class Migration:
             'private_bytes': private_bytes,
             'downtime': downtime(self.timings, mode) if mode else None,
             'recovered': self.recovered,
+            'announced': getattr(self, 'announced', []),
             'warnings': getattr(self, 'notes', []),
             'diff': {'before': {'ve': self.name, 'host': before['host']},
                      'after': {'ve': self.name, 'host': self.where if changed or where == 'target' else before['host']}},

@@ -335,8 +335,10 @@ class Target:
     def op_start(self):
         pid = self.ops.start(self.ve)
         self._phase('started')
-        announce(self.ops.meta(self.ve), pid)
         return {'pid': pid}
+
+    def op_announce(self):
+        return announce(self.ops.meta(self.ve), self.ops.state(self.ve)['pid'])
 
     def op_restore(self):
         """Live mode: restore the checkpoint the source copied into the private area (CRIU)."""
@@ -347,7 +349,6 @@ class Target:
         self.ops.after_start(self.ve)
         self._phase('started')
         remove_tree(images)
-        announce(self.ops.meta(self.ve), pid)
         return {'pid': pid}
 
     def op_commit(self):
@@ -434,19 +435,23 @@ def criu_support():
 
 
 def announce(meta, pid):
-    """Tell the segment the VE's addresses are here now (gratuitous ARP / unsolicited NA), where supported."""
+    """Tell the segment the VE's addresses are here now (gratuitous ARP / unsolicited NA from inside
+    the VE), where the collection has ``_announce``; returns what was sent."""
+    import importlib  # pylint: disable=import-outside-toplevel
     try:
-        from . import _vnet  # pylint: disable=import-outside-toplevel
+        module = importlib.import_module(PACKAGE + '._announce')
     except ImportError:
-        return False
-    func = getattr(_vnet, 'announce', None)
-    if func is None or not pid:
-        return False
-    try:
-        func(pid, meta.get('network') or [])
-        return True
-    except Exception:   # pylint: disable=broad-except  # neighbours learn the place at the VE's first packet
-        return False
+        return []
+    sent = []
+    for iface in (meta or {}).get('network') or [] if pid else []:
+        addresses = (iface.get('ipv4') or []) + (iface.get('ipv6') or [])
+        if not addresses:
+            continue
+        try:
+            sent += module.announce(pid, iface['name'], addresses, count=2, interval=0.1)
+        except Exception as exc:   # pylint: disable=broad-except  # neighbours learn at the VE's first packet
+            sent.append('announcing on %s failed: %s' % (iface['name'], exc))
+    return sent
 
 
 def _run(argv, data=None, timeout=120):

@@ -174,6 +174,11 @@ downtime:
   description: Seconds from freeze (warm), checkpoint (live) or stop (offline) to the VE running on the target; null when it was stopped.
   returned: always
   type: float
+announced:
+  description: The gratuitous ARP / unsolicited neighbour advertisements sent from the VE at its new place.
+  returned: always
+  type: list
+  elements: str
 recovered:
   description: What this run completed or rolled back of an earlier, unfinished migration.
   returned: always
