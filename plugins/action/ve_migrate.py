@@ -55,8 +55,8 @@ class ActionModule(ActionBase):
                     target[key] = value
             if found.get('vz_root') and not target.get('vz_root'):
                 target['vz_root'] = self._templar.template(found['vz_root'])
-        if target.get('python') and '{{' in str(target['python']):
-            target.pop('python')
+        if str(target.get('python') or '').startswith('auto') or '{{' in str(target.get('python') or ''):
+            target.pop('python')   # interpreter discovery is the controller's; the module runs python3
         args['target'] = target
         result.update(self._execute_module(module_name='osvirt.vz.ve_migrate', module_args=args,
                                            task_vars=task_vars))

@@ -328,6 +328,9 @@ class Target:
         self._phase('registering', autostart=bool(autostart))
         os.rename(directory, self.host.ve_dir(self.ve))
         self.ops.register(meta)
+        disk = (meta.get('limits') or {}).get('disk') or {}
+        if disk.get('space') is not None or disk.get('inodes') is not None:   # its quota group is per host
+            _quota.apply_quota(self.host, meta, disk.get('space'), disk.get('inodes'))
         self.ops.claim(meta)
         self._phase('registered')
         return meta
@@ -642,4 +645,3 @@ class Channel:
     def fenced_by(self):
         """The monotonic time after which the agent has certainly fenced an uncommitted copy."""
         return self.last_answer + self.idle + 3
-

@@ -75,7 +75,7 @@ options:
       - V(warm) copies while the VE runs (rounds until one moves less than O(precopy_threshold) or after
         O(precopy_rounds)), freezes it, copies what changed, and starts it on the target; the downtime is from
         the freeze to the VE running on the target.
-      - V(live) checkpoints the VE with CRIU and restores it on the target: processes and memory survive.
+      - V(live) checkpoints the VE with CRIU and restores it on the target, so processes and memory survive.
       - Default V(warm) for a running VE, V(offline) for a stopped one.
     type: str
     choices: [offline, warm, live]

@@ -13,7 +13,6 @@ back offline with keep_source; preflight refusals that change nothing on either 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -71,9 +70,10 @@ def test_warm_then_offline_back(lab, run_playbook):
     try:
         run = run_playbook(play([
             {"name": "template", "osvirt.vz.template": {"name": template, "source": {"type": "busybox"}}},
-            {"name": "ve", "osvirt.vz.ve": {"name": name, "template": template, "state": "started",
-                                             "limits": {"memory": {"ram": "96M"}, "numproc": 200},
-                                             "network": [{"ipv4": [address + "/24"], "gateway4": GATEWAY}]}},
+            {"name": "ve", "osvirt.vz.ve": {
+                "name": name, "template": template, "state": "started",
+                "limits": {"memory": {"ram": "96M"}, "numproc": 200},
+                "network": [{"ipv4": [address + "/24"], "gateway4": GATEWAY}]}},
         ], lab1), inventory=lab.inventory)
         hwaddr = run_playbook(play([{"name": "info", "osvirt.vz.ve_info": {"name": [name]}}], lab1),
                               inventory=lab.inventory).task("info", host=lab1)["ves"][0]["network"][0]["hwaddr"]

@@ -168,9 +168,8 @@ def test_link_cut_busy_and_refusals(lab, run_playbook, lab_template, harness):
         assert "VE %s cannot move to %s" % (other, lab2) in msg and "10.20.0.73" in msg and name in msg, msg
         _one_copy(lab, other, lab1, lab2)
         assert _journal(lab, lab1, other) is None and _journal(lab, lab2, other) is None
-        run = run_playbook(play([{"name": "same", "osvirt.vz.ve": {"name": other, "template": lab_template,
-                                                                    "state": "stopped"}}], lab2),
-                           inventory=lab.inventory)
+        same = {"name": other, "template": lab_template, "state": "stopped"}
+        run_playbook(play([{"name": "same", "osvirt.vz.ve": same}], lab2), inventory=lab.inventory)
         run = run_playbook(play([_task(other, lab2)], lab1), inventory=lab.inventory, expect_fail=True)
         assert "exists on this host and on %s" % lab2 in run.task("migrate", host=lab1).msg
         assert _state(lab, lab1, other) == "RUNNING" and _state(lab, lab2, other) == "STOPPED"

@@ -46,8 +46,9 @@ def test_live_migration_keeps_processes(lab, run_playbook):
     try:
         run_playbook(play([
             {"name": "template", "osvirt.vz.template": {"name": template, "source": {"type": "busybox"}}},
-            {"name": "ve", "osvirt.vz.ve": {"name": name, "template": template, "state": "started",
-                                             "network": [{"ipv4": ["10.20.0.81/24"], "gateway4": "10.20.0.1"}]}},
+            {"name": "ve", "osvirt.vz.ve": {
+                "name": name, "template": template, "state": "started",
+                "network": [{"ipv4": ["10.20.0.81/24"], "gateway4": "10.20.0.1"}]}},
         ], lab1), inventory=lab.inventory)
         _attach(lab, lab1, name, "setsid", "sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; "
                 "usleep 50000; done </dev/null >/dev/null 2>&1 &")
