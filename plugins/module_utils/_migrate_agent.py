@@ -32,7 +32,7 @@ import threading
 import time
 import zipfile
 
-from . import _addrpool, _limits, _quota, _validate
+from . import _addrpool, _announce, _limits, _quota, _validate
 from ._engine.client import LxcClient
 from ._engine.config import LxcConfig
 from ._errors import VzError
@@ -438,20 +438,15 @@ def criu_support():
 
 
 def announce(meta, pid):
-    """Tell the segment the VE's addresses are here now (gratuitous ARP / unsolicited NA from inside
-    the VE), where the collection has ``_announce``; returns what was sent."""
-    import importlib  # pylint: disable=import-outside-toplevel
-    try:
-        module = importlib.import_module(PACKAGE + '._announce')
-    except ImportError:
-        return []
+    """Tell the segment the VE's addresses are here now: gratuitous ARP / unsolicited NA from inside
+    the VE (``_announce``), so bridges and neighbours learn its new place at once; returns what was sent."""
     sent = []
     for iface in (meta or {}).get('network') or [] if pid else []:
         addresses = (iface.get('ipv4') or []) + (iface.get('ipv6') or [])
         if not addresses:
             continue
         try:
-            sent += module.announce(pid, iface['name'], addresses, count=2, interval=0.1)
+            sent += _announce.announce(pid, iface['name'], addresses, count=2, interval=0.1)
         except Exception as exc:   # pylint: disable=broad-except  # neighbours learn at the VE's first packet
             sent.append('announcing on %s failed: %s' % (iface['name'], exc))
     return sent

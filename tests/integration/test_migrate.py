@@ -18,6 +18,7 @@ import secrets
 import time
 from pathlib import Path
 
+import lanclient
 from vzlib import play
 
 GATEWAY = "10.20.0.1"
@@ -93,8 +94,13 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert not _exists(lab, lab2, "%s/templates/%s" % (VZ, template))
         assert not _exists(lab, lab1, "%s/migrations/%s.json" % (VZ, name))
 
-        # warm: the VE moves with its files, addresses, limits; the source is gone
-        result = _migrate(run_playbook, lab, lab1, name, lab2)
+        # warm: the VE moves with its files, addresses, limits; the source is gone. A client on the
+        # machine's side of the lab LAN pings it all along (what is lost is reported, not judged)
+        with lanclient.Pinger(address, duration=120) as ping:
+            result = _migrate(run_playbook, lab, lab1, name, lab2)
+            time.sleep(1)
+        print("warm migration, pings from the LAN: %s; stages %s" % (ping.result(), result["stages"]))
+        assert ping.result()["received"] > 0 and ping.result()["error"] is None, ping.result()
         assert result.changed and result["mode"] == "warm", result.result
         assert result["where"] == "target"
         assert [r["round"] for r in result["rounds"]][-1] == "final"
@@ -117,6 +123,9 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert limit.read_text().strip() == str(96 << 20)
         assert _lease_owner(lab, lab2, address) == name and _lease_owner(lab, lab1, address) is None
         assert lab.exec(lab2, "busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0
+        # the target announced the VE: the LAN's bridge sends its MAC to lab2's port now
+        assert result["announced"], result.result
+        assert lanclient.fdb_port(hwaddr) == lab2
         # the anti-spoofing guard of the VE's link is set on the target
         guard = lab.exec(lab2, "nft", "list", "chain", "netdev", "osvirt_vz_guard",
                          "ve_" + moved["network"][0]["host_link"], check=False)
