@@ -6,6 +6,8 @@ The module runs on the source host and connects to the target itself (data never
 controller). When ``target`` names an inventory host, its address, user, port, key and Python
 interpreter come from that host's variables, the way Ansible would reach it; a dict is passed on
 as it is (its ``host`` may itself be an inventory host, whose address then fills in the gaps).
+Where the source host has ``host_peer_ssh: true`` (the host role's peer SSH), its peer key and
+known hosts file are used instead of the controller's key, with strict host key checking.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ _FROM_INVENTORY = {
 }
 
 
+PEER_KEY = '/root/.ssh/osvirt_vz_peer'
+PEER_KNOWN_HOSTS = '/root/.ssh/osvirt_vz_peer_known_hosts'
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
 
@@ -38,6 +44,7 @@ class ActionModule(ActionBase):
         if not isinstance(target, dict):
             raise AnsibleActionFail('target must be an inventory hostname or a dict with host, user, port, ssh_key')
         target = dict(target)
+        explicit = dict(target)
         hostvars = task_vars.get('hostvars') or {}
         name = target.get('host')
         if isinstance(name, str) and name in hostvars:
@@ -55,6 +62,13 @@ class ActionModule(ActionBase):
                     target[key] = value
             if found.get('vz_root') and not target.get('vz_root'):
                 target['vz_root'] = self._templar.template(found['vz_root'])
+        if self._templar.template(task_vars.get('host_peer_ssh', False)) in (True, 'true', 'yes', 1):
+            # the host role's peer SSH key (roles/host "Peer SSH") is how hosts log in to each other
+            target['ssh_key'] = explicit.get('ssh_key') or self._templar.template(
+                task_vars.get('host_peer_ssh_key', PEER_KEY))
+            target['known_hosts'] = explicit.get('known_hosts') or self._templar.template(
+                task_vars.get('host_peer_ssh_known_hosts', PEER_KNOWN_HOSTS))
+            target['host_key_checking'] = explicit.get('host_key_checking') or 'strict'
         if str(target.get('python') or '').startswith('auto') or '{{' in str(target.get('python') or ''):
             target.pop('python')   # interpreter discovery is the controller's; the module runs python3
         args['target'] = target
