@@ -49,6 +49,8 @@ SPEC_DEFAULTS = {
     'mounts': [],
     'network': [],
     'privileged': False,
+    'ttys': 0,                 # lxc.tty.max; 0 keeps the VE checkpointable (CRIU, docs/criu.md)
+    'console': True,           # false: lxc.console.path = none, which LXC 5.0's restore needs
     'owner': None,
 }
 SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
@@ -184,6 +186,8 @@ class VeManager(VeOps):
         if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
                 all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
             raise VzError('VE %s: invalid hostname %r' % (name, new['hostname']))
+        if not isinstance(new['ttys'], int) or isinstance(new['ttys'], bool) or not 0 <= new['ttys'] <= 16:
+            raise VzError('VE %s: ttys must be a number from 0 to 16, got %r' % (name, new['ttys']))
         if meta and bool(meta.get('privileged')) != bool(new['privileged']):
             raise VzError('VE %s: privileged cannot change on an existing VE (its files are owned by other '
                           'ids); create a new VE instead' % name)

@@ -145,6 +145,12 @@ options:
       privileged:
         description: Like O(privileged).
         type: bool
+      ttys:
+        description: Like O(ttys).
+        type: int
+      console:
+        description: Like O(console).
+        type: bool
       owner:
         description: Like O(owner).
         type: str
@@ -212,6 +218,21 @@ options:
     description:
       - Run the VE without a user namespace, so root inside is root on the host. Opt-in only; the result
         carries a warning. Cannot change on an existing VE. New VEs default to V(false).
+    type: bool
+  ttys:
+    description:
+      - How many virtual terminals (C(/dev/tty1) and up, C(lxc.tty.max)) the VE gets, for gettys that
+        C(lxc-console -t N) reaches. The VE's console (C(/dev/console), C(lxc-console -t 0)) is there either way.
+      - VEs default to V(0) because CRIU cannot checkpoint a VE with terminals, so V(0) keeps the VE ready for
+        live migration; any other value rules live migration out (see docs/criu.md). 0 to 16.
+      - A change takes effect at the next start of the VE.
+    type: int
+  console:
+    description:
+      - Give the VE a console (C(/dev/console), reached with C(lxc-console -t 0)). New VEs default to V(true).
+      - V(false) sets C(lxc.console.path = none). LXC 5.0 cannot restore a checkpoint of a VE that has a console,
+        so live migration (CRIU) needs V(false) together with O(ttys=0) (see docs/criu.md).
+      - A change takes effect at the next start of the VE.
     type: bool
   owner:
     description: Free-form owner recorded in the VE's metadata (team, ticket, pipeline).
@@ -486,6 +507,8 @@ VE_OPTIONS = {
     'mounts': {'type': 'list', 'elements': 'dict', 'options': MOUNT_OPTIONS},
     'network': {'type': 'list', 'elements': 'dict', 'options': NETWORK_OPTIONS},
     'privileged': {'type': 'bool'},
+    'ttys': {'type': 'int'},
+    'console': {'type': 'bool'},
     'owner': {'type': 'str'},
     'limits': {'type': 'dict'},
 }
