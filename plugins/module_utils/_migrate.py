@@ -20,11 +20,11 @@ import signal
 import tempfile
 import time
 
-from . import _validate
+from . import _criu, _validate
 from ._errors import VzError
 from ._fs import disk_usage, remove_tree
 from ._locks import Lock
-from ._migrate_agent import IDLE, Channel, MigrationOps, _run, criu_support
+from ._migrate_agent import IDLE, Channel, MigrationOps, _run
 from ._migrate_journal import MAX_ROUNDS, MODES, ROUND_THRESHOLD, Journal, downtime, next_round, plan_steps, \
     resume_action
 
@@ -251,9 +251,6 @@ class Migration:
         return mode, missing, private
 
     def _live_blockers(self, meta):
-        _criu = criu_support()
-        if _criu is None:
-            return 'this collection has no CRIU support (module_utils _criu)'
         here, there = _criu.probe(_run), self.channel.call('criu')
         for side, probe in (('this host', here), (self.where, there)):
             if not probe.get('check_ok'):
@@ -394,7 +391,6 @@ class Migration:
         self.ops.stop(self.name, kill=mode != 'offline')
 
     def _checkpoint(self):
-        _criu = criu_support()
         images = os.path.join(self.host.ve_dir(self.name), 'private', 'checkpoint')
         remove_tree(images)
         self.timings['checkpoint_at'] = time.monotonic()
@@ -423,9 +419,6 @@ class Migration:
 
     def _restore_here(self, images):
         """Undo of a checkpoint: restore the VE from its own dump on this host (True when it worked)."""
-        _criu = criu_support()
-        if _criu is None:
-            return False
         try:
             _criu.restore(_run, self.host.ves_dir, self.name, images)
             self.ops.after_start(self.name)

@@ -32,7 +32,7 @@ import threading
 import time
 import zipfile
 
-from . import _addrpool, _announce, _limits, _quota, _validate
+from . import _addrpool, _announce, _criu, _limits, _quota, _validate
 from ._engine.client import LxcClient
 from ._engine.config import LxcConfig
 from ._errors import VzError
@@ -263,10 +263,6 @@ class Target:
         return {'problems': problems, 'missing_templates': missing, 'free_bytes': free}
 
     def op_criu(self):
-        _criu = criu_support()
-        if _criu is None:
-            return {'path': None, 'version': None, 'check_ok': False,
-                    'reason': 'this collection has no CRIU support on the target'}
         return _criu.probe(_run)
 
     def op_stage(self, meta, source):
@@ -345,7 +341,6 @@ class Target:
 
     def op_restore(self):
         """Live mode: restore the checkpoint the source copied into the private area (CRIU)."""
-        _criu = criu_support()
         images = os.path.join(self.host.ve_dir(self.ve), 'private', 'checkpoint')
         _criu.restore(_run, self.host.ves_dir, self.ve, images)
         pid = self.ops.state(self.ve)['pid']
@@ -426,15 +421,6 @@ class Target:
         if phase is not None:
             fields['phase'] = phase
         self.journal.update(**fields)
-
-
-def criu_support():
-    """The collection's CRIU support (module_utils ``_criu``), None where it has none."""
-    import importlib  # pylint: disable=import-outside-toplevel
-    try:
-        return importlib.import_module(PACKAGE + '._criu')
-    except ImportError:
-        return None
 
 
 def announce(meta, pid):
