@@ -107,9 +107,11 @@ def one(lab, template, size, mode, index):
     address = '10.20.0.%d' % (220 + index % 30)
     target = {'host': 'lab2', 'host_key_checking': 'off', 'known_hosts': '/dev/null'}
     try:
-        lab.play('lab1', [{'name': 've', 'osvirt.vz.ve': {
-            'name': name, 'template': template, 'state': 'started',
-            'network': [{'ipv4': [address + '/24'], 'gateway4': '10.20.0.1'}]}}], 've-%s' % name)
+        spec = {'name': name, 'template': template, 'state': 'started',
+                'network': [{'ipv4': [address + '/24'], 'gateway4': '10.20.0.1'}]}
+        if mode == 'live':
+            spec['console'] = False   # LXC 5.0 cannot restore a VE with a console (docs/criu.md)
+        lab.play('lab1', [{'name': 've', 'osvirt.vz.ve': spec}], 've-%s' % name)
         lab.exec('lab1', 'lxc-attach', '-P', '/var/lib/vz/ves', '-n', name, '--', 'sh', '-c',
                  'mkdir -p /data && head -c %d /dev/urandom > /data/blob' % size)
         wall, results = lab.play('lab1', [{'name': 'migrate', 'osvirt.vz.ve_migrate': {

@@ -148,8 +148,8 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert _exists(lab, lab2, "%s/ves/%s.migrated/config.migrated" % (VZ, name))
         assert not _exists(lab, lab2, "%s/ves/%s.migrated/config" % (VZ, name))
 
-        # ping-pong: two more round trips, the private files unchanged every time
-        for source, target in ((lab1, lab2), (lab2, lab1)) * 2:
+        # ping-pong: one more round trip, the private files unchanged every time
+        for source, target in ((lab1, lab2), (lab2, lab1)):
             result = _migrate(run_playbook, lab, source, name, target)
             assert result.changed and _state(lab, target, name) == "STOPPED", result.result
             assert _private_sums(lab, target, name) == sums
