@@ -41,14 +41,24 @@ class VeOps:
         self.cgroups = CgroupTree()
 
     # -- reading --------------------------------------------------------------------------
-    def read_meta(self, name):
-        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
+    def read_meta(self, name, broken_ok=False):
+        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours.
+
+        A ve.json that is not JSON (cut short) makes the VE broken: an error naming it, or with
+        ``broken_ok`` (removal, listing) ``{'name': name, 'broken': why}``.
+        """
         directory = self.host.ve_dir(name)
         if not os.path.lexists(directory):
             return None
         if os.path.islink(directory) or not os.path.isdir(directory):
             raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
-        meta = read_json(os.path.join(directory, 've.json'))
+        try:
+            meta = read_json(os.path.join(directory, 've.json'))
+        except VzError as exc:
+            why = 'VE %s is broken: %s (state: absent still removes it)' % (name, exc.message)
+            if broken_ok:
+                return {'name': name, 'broken': why}
+            raise VzError(why)
         if not isinstance(meta, dict):
             raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
         return meta
@@ -69,7 +79,10 @@ class VeOps:
         change without restarting it. A record with another pid is stale (the VE was restarted by
         other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
         """
-        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        try:
+            record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        except VzError:   # a record cut short by a crash: the VE runs what is on disk
+            record = {}
         if pid is not None and record.get('pid') == pid and record.get('config'):
             return record['config']
         return config_digest(on_disk_items)
@@ -244,7 +257,8 @@ class VeOps:
         """
         directory = self.host.ve_dir(name)
         if meta is None:
-            meta = (self.read_meta(name) if os.path.isfile(os.path.join(directory, 've.json')) else None) or {}
+            meta = (self.read_meta(name, broken_ok=True)
+                    if os.path.isfile(os.path.join(directory, 've.json')) else None) or {}
         if keep_private:
             for filename in ('config', 've.json', 'running.json'):
                 try:
