@@ -470,14 +470,14 @@ class Migration:
     def recover(self):
         """What a rerun does first, run by the guardian after the module died (no result to report)."""
         self.journal = Journal(self.host.vz_root, self.name)
-        if not self.journal.exists:
-            return
         self.channel = None
         try:
-            self._reconnect()
-        except VzError:
-            self.channel = None
-        try:
+            if not self.journal.exists:
+                return
+            try:
+                self._reconnect()
+            except VzError:
+                self.channel = None
             hello = {'journal': 'unreachable'} if self.channel is None else self.channel.call('hello_again')
             self._resume(hello)
         except Exception:   # pylint: disable=broad-except  # the journal stays; the next run decides
@@ -485,6 +485,8 @@ class Migration:
         finally:
             if self.channel is not None:
                 self.channel.close()
+            if self.remote.control_path:   # the dead module's SSH control socket directory
+                remove_tree(os.path.dirname(self.remote.control_path))
 
     def _rollback(self, steps):
         """Before the commit: remove the target's copy, then put the source back as it was."""
