@@ -422,34 +422,55 @@ class TemplateStore:
         nothing is published and the staging directory is removed.
         """
         remote_path = '%s/templates/%s/%s' % (remote.vz_root, name, version)
-        make_dirs(os.path.join(self.root, name), 0o711)
-        staging = _staging.make(self.host.tmp_dir, 'copy-%s-%s-' % (name, version))
+        staging = self.copy_staging(name, version)
         try:
             remote.pull(remote_path, staging, 'copying template %s@%s from %s' % (name, version, remote.host),
                         excludes=['/idmap/'])
+        except BaseException:
+            self.discard_copy(name, staging)
+            raise
+        return self.publish_copy(name, version, staging, remote.host)
+
+    def copy_staging(self, name, version):
+        """A new staging directory in .tmp for a copy of ``name@version`` that arrives from another host."""
+        return _staging.make(self.host.tmp_dir, 'copy-%s-%s-' % (name, version))
+
+    def discard_copy(self, name, staging):
+        """Remove a copy that will not be published, and the template directory a first copy made."""
+        _staging.discard(staging)
+        try:  # a first copy that failed leaves no empty template directory behind
+            os.rmdir(os.path.join(self.root, name))
+        except OSError:
+            pass
+
+    def publish_copy(self, name, version, staging, origin):
+        """Verify the copy of ``name@version`` in ``staging`` (from host ``origin``) and publish it by rename.
+
+        Both a pull (``copy_version``) and a push from another host (migration) end here. On any
+        mismatch nothing is published; the staging directory is removed in every case.
+        """
+        try:
             os.chmod(staging, 0o711)
             manifest = read_json(os.path.join(staging, 'manifest.json'))
             if not isinstance(manifest, dict) or manifest.get('name') != name or manifest.get('version') != version:
                 raise VzError('the copy of template %s@%s from %s has no valid manifest.json; nothing published'
-                              % (name, version, remote.host))
+                              % (name, version, origin))
             rootfs = os.path.join(staging, 'rootfs')
             if not os.path.isdir(rootfs) or os.path.islink(rootfs):
                 raise VzError('the copy of template %s@%s from %s has no rootfs; nothing published'
-                              % (name, version, remote.host))
+                              % (name, version, origin))
             actual = 'sha256:' + tree_checksum(rootfs)
             if actual != manifest.get('checksum'):
                 raise VzError('the copy of template %s@%s from %s does not match its manifest checksum (manifest %s, '
                               'copy %s): the source tree was changed or damaged; nothing published'
-                              % (name, version, remote.host, manifest.get('checksum'), actual),
+                              % (name, version, origin, manifest.get('checksum'), actual),
                               expected=manifest.get('checksum'), actual=actual)
             with Lock(self.host.locks_dir, 'template', name, 'copying template %s@%s' % (name, version)):
                 if version not in self.versions(name):
+                    make_dirs(os.path.join(self.root, name), 0o711)   # made only now: a kill leaves none
                     os.rename(staging, os.path.join(self.root, name, version))
         except BaseException:
-            try:  # a first copy that failed leaves no empty template directory behind
-                os.rmdir(os.path.join(self.root, name))
-            except OSError:
-                pass
+            self.discard_copy(name, staging)
             raise
         finally:
             _staging.discard(staging)
