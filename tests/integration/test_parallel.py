@@ -12,7 +12,8 @@ Each round starts, at the same moment:
   remove them;
 * ``FIGHTERS`` (4) runs doing the same to one shared set of 5 VEs. Each of their tasks either does
   its job or fails with the VE lock's "busy" message (two of them wait one second for a lock, two
-  the default 60 s); an attach finds the VE running, or reports it gone or stopped by name;
+  the default 60 s); an attach finds the VE running, or the connection plugin says by name what
+  it found (gone, stopped), or lxc-attach itself reports the VE going away under it;
 * one long-lived process that runs the VE manager in-process over 5 VEs of its own (create,
   start, attach, change limits, remove) and reports its own open file descriptors.
 
@@ -228,9 +229,12 @@ def _check_fighter(run):
                     run.label, name, res.msg)
                 busy += 1
     for res in run.results("attach"):
-        if res.unreachable or res.failed:
-            assert res.host in res.msg and ("does not exist" in res.msg or "is stopped" in res.msg), (
-                "%s: attach into %s: %s" % (run.label, res.host, res.msg))
+        if res.unreachable:   # the connection plugin names the VE and what it found
+            assert "VE %s on host localhost" % res.host in res.msg, "%s: attach into %s: %s" % (
+                run.label, res.host, res.msg)
+        elif res.failed:      # the VE went away under a running lxc-attach: its own words
+            assert "lxc-attach" in res.get("stderr", "") + res.get("stdout", ""), "%s: attach into %s: %s" % (
+                run.label, res.host, res.result)
         else:
             assert res.get("stdout", "").split()[:2] == ["abc", res.host], res.result
     return busy
