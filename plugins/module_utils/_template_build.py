@@ -4,9 +4,11 @@
 
 PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
 
-``TemplateStore.build`` (``_templates.py``) makes a staging directory in ``<vz_root>/.tmp``, calls
-one builder here with the empty ``<staging>/rootfs`` and the task's ``source`` dict, adds the
+``build`` here is the entry point: it checks the source, picks the builder, and hands it to
+``TemplateStore.publish`` (``_templates.py``), which makes a staging directory in ``<vz_root>/.tmp``,
+calls the builder with the empty ``<staging>/rootfs`` and the task's ``source`` dict, adds the
 common manifest fields (name, version, created, arch, checksum, size) and publishes by rename.
+The store never imports this file: building needs VEs (``_ves``), which need the store.
 A builder fills ``rootfs`` with files owned by HOST ids (root = 0) and returns the
 builder-specific part of the manifest (os, release, init, packages, parent). Whatever a builder
 leaves behind on failure is inside the staging directory, which ``build`` removes.
@@ -19,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import subprocess
 import tarfile
 import urllib.parse
@@ -31,7 +32,11 @@ from ._engine.config import LxcConfig
 from ._errors import VzError
 from ._fs import read_json, remove_tree
 from ._host import IdMap
+from ._idshift import shift_tree
 from ._locks import Lock
+from ._template_busybox import build_busybox
+from ._ve_config import is_owned, render_config
+from ._ve_ops import log_tail
 
 # What every debootstrap template gets besides the variant's own packages: an init that boots
 # in a VE, the tools to see the network LXC configures, and python3 so that Ansible runs inside.
@@ -146,64 +151,6 @@ def detect_init(rootfs):
     if name == 'busybox':
         return {'system': 'busybox', 'halt_signal': 'SIGUSR1', 'reboot_signal': 'SIGTERM'}
     return {}
-
-
-# -- id shifting ------------------------------------------------------------------------------------
-_CAP_XATTR = 'security.capability'
-_VFS_CAP_V2 = 0x02000000
-_VFS_CAP_V3 = 0x03000000
-
-
-def shift_capability(raw, rootid):
-    """A file capability xattr rewritten for a user namespace whose root is host id ``rootid``.
-
-    v2 capabilities (no root id) only count for host root; a VE needs v3 with its root id. With
-    ``rootid`` 0 the result is v2 again, as a host tree stores it.
-    """
-    if len(raw) < 20:
-        return raw
-    magic = int.from_bytes(raw[:4], 'little')
-    version, flags = magic & 0xff000000, magic & 0x00ffffff
-    body = raw[4:20]
-    if version not in (_VFS_CAP_V2, _VFS_CAP_V3):
-        return raw
-    if rootid == 0:
-        return (_VFS_CAP_V2 | flags).to_bytes(4, 'little') + body
-    return (_VFS_CAP_V3 | flags).to_bytes(4, 'little') + body + int(rootid).to_bytes(4, 'little')
-
-
-def shift_tree(root, idmap, back=False):
-    """Move every owner in ``root`` into the id range (``back``: out of it, to host ids).
-
-    Keeps setuid/setgid bits (``chown`` clears them) and file capabilities (``chown`` drops them;
-    they are rewritten for the new root id). Overlay whiteouts (0/0 character devices) are
-    shifted like any other file. Ids outside the source range are left alone.
-    """
-    def new_id(value, base):
-        if back:
-            return value - base if base <= value < base + idmap.count else value
-        return value + base if value < idmap.count else value
-
-    def shift(path):
-        st = os.lstat(path)
-        uid, gid = new_id(st.st_uid, idmap.uid), new_id(st.st_gid, idmap.gid)
-        if (uid, gid) == (st.st_uid, st.st_gid):
-            return
-        caps = None
-        if stat.S_ISREG(st.st_mode):
-            try:
-                caps = os.getxattr(path, _CAP_XATTR, follow_symlinks=False)
-            except OSError:
-                caps = None
-        os.lchown(path, uid, gid)
-        if caps is not None:
-            os.setxattr(path, _CAP_XATTR, shift_capability(caps, 0 if back else idmap.uid), follow_symlinks=False)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(path, stat.S_IMODE(st.st_mode))
-    shift(root)
-    for current, dirnames, filenames in os.walk(root):
-        for entry in dirnames + filenames:
-            shift(os.path.join(current, entry))
 
 
 # -- debootstrap ------------------------------------------------------------------------------------
@@ -630,9 +577,6 @@ def build_layer(store, rootfs, source):
     for removed ones) becomes the layer, shifted back to host ids; its manifest names the base
     as parent, so a VE on the layer stacks layer + base.
     """
-    # deferred: _ves imports _templates, which imports this module
-    from ._ves import render_config, is_owned, _tail  # pylint: disable=import-outside-toplevel
-
     base_ref, packages, files, commands = _layer_options(source)
     host = store.host
     base = store.resolve(base_ref)
@@ -666,7 +610,7 @@ def build_layer(store, rootfs, source):
             client.start(name, logfile=os.path.join(directory, 'lxc.log'))
         except VzError as exc:
             raise VzError('starting the build VE %s failed: %s; LXC log: %s'
-                          % (name, exc, _tail(os.path.join(directory, 'lxc.log'))), **exc.details)
+                          % (name, exc, log_tail(os.path.join(directory, 'lxc.log'))), **exc.details)
         installed = _run_layer_steps(client, name, packages, files, commands)
         client.kill(name)
         upper = os.path.join(private, 'upper')
@@ -727,8 +671,26 @@ def _has_dpkg(client, name):
 
 
 BUILDERS = {
+    'busybox': build_busybox,
     'debootstrap': build_debootstrap,
     'tarball': build_tarball,
     've': build_from_ve,
     'layer': build_layer,
 }
+
+
+def build(store, name, source, check_mode=False, if_absent=False):
+    """Build a new version of template ``name`` from ``source`` into ``store`` and publish it.
+
+    The source is checked first, in check mode too (then nothing is built and the predicted
+    manifest is returned). With ``if_absent``, a version published by a concurrent build while
+    this one waited for the template lock counts: nothing is built and None is returned.
+    """
+    kind = source.get('type')
+    if kind not in BUILDERS:
+        raise VzError('template source type %r is not supported here (supported: %s)'
+                      % (kind, ', '.join(sorted(BUILDERS))))
+    validate_source(source, store)
+    if check_mode:  # no lock: check mode must not even create the lock file
+        return {'name': name, 'version': store.new_version(name), 'source': source}
+    return store.publish(name, source, lambda rootfs: BUILDERS[kind](store, rootfs, source), if_absent=if_absent)

@@ -22,60 +22,16 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import stat
 import subprocess
 import tempfile
 import time
 
-from . import _template_build, _validate
+from . import _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
+from ._idshift import shift_tree
 from ._locks import Lock
-
-BUSYBOX = '/bin/busybox'
-
-# What init understands, per template family: LXC sends these to halt or reboot a VE.
-BUSYBOX_INIT = {'halt_signal': 'SIGUSR1', 'reboot_signal': 'SIGTERM'}
-
-_INITTAB = """\
-# osvirt.vz busybox template
-::sysinit:/etc/init.d/rcS
-::shutdown:/bin/umount -a -r
-"""
-
-_RCS = """\
-#!/bin/sh
-# First script of the VE's init: mount what the system needs, run local start scripts.
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run 2>/dev/null
-mkdir -p /run/lock /var/run
-for script in /etc/rc.local.d/*; do
-    [ -x "$script" ] && "$script"
-done
-exit 0
-"""
-
-_UDHCPC = """\
-#!/bin/sh
-# udhcpc calls this with the lease in its environment.
-[ -n "$1" ] || exit 1
-case "$1" in
-    deconfig)
-        ip -4 addr flush dev "$interface"
-        ip link set "$interface" up
-        ;;
-    bound|renew)
-        ip -4 addr flush dev "$interface"
-        ip addr add "$ip/${mask:-24}" dev "$interface"
-        if [ -n "$router" ]; then
-            ip route replace default via ${router%% *} dev "$interface"
-        fi
-        : > /etc/resolv.conf
-        for server in $dns; do echo "nameserver $server" >> /etc/resolv.conf; done
-        ;;
-esac
-exit 0
-"""
 
 
 class TemplateStore:
@@ -163,7 +119,7 @@ class TemplateStore:
             try:
                 os.chmod(staging, 0o711)
                 _copy_tree(os.path.join(base, 'rootfs'), os.path.join(staging, 'rootfs'))
-                _shift_ownership(os.path.join(staging, 'rootfs'), idmap)
+                shift_tree(os.path.join(staging, 'rootfs'), idmap)  # setuid bits and file capabilities kept
                 os.rename(staging, target)
             except BaseException:
                 remove_tree(staging)
@@ -181,21 +137,16 @@ class TemplateStore:
                 return version
             stamp += 1
 
-    def build(self, name, source, check_mode=False, if_absent=False):
-        """Build a new version of ``name`` from ``source`` and publish it; return its manifest.
+    def publish(self, name, source, fill, if_absent=False):
+        """Publish a new version of ``name`` whose tree ``fill(rootfs)`` makes; return its manifest.
 
+        Under the template's lock, ``fill`` gets an empty ``rootfs`` in a staging directory and
+        returns the builder's part of the manifest (``_template_build.build`` chooses the builder);
+        the store adds name, version, created, arch, source, checksum and size and publishes by one
+        rename. Whatever a failed ``fill`` leaves behind is removed with the staging directory.
         With ``if_absent``, a version published by a concurrent build while this one waited for
         the template lock counts: nothing is built and None is returned.
         """
-        builders = {'busybox': self._build_busybox}
-        builders.update(_template_build.BUILDERS)
-        kind = source.get('type')
-        if kind not in builders:
-            raise VzError('template source type %r is not supported here (supported: %s)'
-                          % (kind, ', '.join(sorted(builders))))
-        _template_build.validate_source(source, self)
-        if check_mode:  # no lock: check mode must not even create the lock file
-            return {'name': name, 'version': self.new_version(name), 'source': source}
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
             if if_absent and self.versions(name):
                 return None
@@ -206,10 +157,7 @@ class TemplateStore:
                 os.chmod(staging, 0o711)
                 rootfs = os.path.join(staging, 'rootfs')
                 os.mkdir(rootfs, 0o755)
-                if kind == 'busybox':
-                    manifest = self._build_busybox(rootfs, source)
-                else:
-                    manifest = builders[kind](self, rootfs, source)
+                manifest = fill(rootfs)
                 manifest.update({
                     'name': name,
                     'version': version,
@@ -226,55 +174,6 @@ class TemplateStore:
                 remove_tree(staging)
                 raise
         return manifest
-
-    def _build_busybox(self, rootfs, source):
-        """The tiny template: Debian's static busybox with init, sh, ip and udhcpc."""
-        binary = source.get('busybox') or BUSYBOX
-        if not os.path.isfile(binary):
-            raise VzError('%s is missing: install the busybox-static package' % binary)
-        if _elf_interpreter(binary):
-            raise VzError('%s is dynamically linked; install busybox-static (the VE has no shared libraries)'
-                          % binary)
-        for sub in ('bin', 'sbin', 'etc/init.d', 'etc/rc.local.d', 'dev', 'proc', 'sys', 'run', 'root',
-                    'home', 'mnt', 'var/log', 'var/tmp', 'usr/share/udhcpc', 'tmp'):
-            os.makedirs(os.path.join(rootfs, sub), 0o755, exist_ok=True)
-        os.chmod(os.path.join(rootfs, 'tmp'), 0o1777)
-        os.chmod(os.path.join(rootfs, 'var/tmp'), 0o1777)
-        os.chmod(os.path.join(rootfs, 'root'), 0o700)
-        shutil.copy2(binary, os.path.join(rootfs, 'bin/busybox'))
-        os.chmod(os.path.join(rootfs, 'bin/busybox'), 0o755)
-        applets = subprocess.run([binary, '--list'], capture_output=True, check=True).stdout.decode().split()
-        for applet in ('init', 'sh', 'ip', 'udhcpc'):
-            if applet not in applets:
-                raise VzError('%s lacks the %s applet the busybox template needs' % (binary, applet))
-        for applet in applets:
-            if applet != 'busybox' and '/' not in applet:
-                os.symlink('busybox', os.path.join(rootfs, 'bin', applet))
-        for applet in ('init', 'halt', 'poweroff', 'reboot'):
-            os.symlink('../bin/busybox', os.path.join(rootfs, 'sbin', applet))
-        files = {
-            'etc/inittab': (_INITTAB, 0o644),
-            'etc/init.d/rcS': (_RCS, 0o755),
-            'usr/share/udhcpc/default.script': (_UDHCPC, 0o755),
-            'etc/passwd': ('root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
-                           0o644),
-            'etc/group': ('root:x:0:\nnogroup:x:65534:\n', 0o644),
-            'etc/shadow': ('root:*:19000:0:99999:7:::\n', 0o600),
-            'etc/hosts': ('127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n', 0o644),
-            'etc/resolv.conf': ('', 0o644),
-            'etc/os-release': ('NAME="osvirt busybox"\nID=busybox\nPRETTY_NAME="osvirt.vz busybox template"\n',
-                               0o644),
-        }
-        for rel, (content, mode) in files.items():
-            path = os.path.join(rootfs, rel)
-            with open(path, 'w', encoding='utf-8') as handle:
-                handle.write(content)
-            os.chmod(path, mode)
-        return {
-            'os': 'busybox',
-            'packages': [{'name': 'busybox-static', 'version': _dpkg_version('busybox-static')}],
-            'init': dict(BUSYBOX_INIT),
-        }
 
     # -- removal --------------------------------------------------------------------------
     def remove_version(self, name, version):
@@ -567,11 +466,6 @@ def _copy_tree(src, dst):
         raise VzError('copying %s failed: %s' % (src, proc.stderr.decode('utf-8', 'replace').strip()))
 
 
-def _shift_ownership(root, idmap):
-    """Add the id range's base to every owner in ``root``, keeping setuid/setgid bits and file capabilities."""
-    _template_build.shift_tree(root, idmap)
-
-
 def tree_checksum(root):
     """sha256 over a canonical listing of a tree: paths, types, modes, owners, link targets, contents."""
     digest = hashlib.sha256()
@@ -590,25 +484,3 @@ def tree_checksum(root):
                         digest.update(chunk)
             digest.update(b'\n')
     return digest.hexdigest()
-
-
-def _elf_interpreter(path):
-    """True when the ELF file at ``path`` asks for a dynamic loader (PT_INTERP)."""
-    with open(path, 'rb') as handle:
-        head = handle.read(64)
-        if head[:4] != b'\x7fELF' or head[4] != 2:
-            return False
-        phoff = int.from_bytes(head[32:40], 'little')
-        phentsize = int.from_bytes(head[54:56], 'little')
-        phnum = int.from_bytes(head[56:58], 'little')
-        handle.seek(phoff)
-        table = handle.read(phentsize * phnum)
-    return any(int.from_bytes(table[i * phentsize:i * phentsize + 4], 'little') == 3 for i in range(phnum))
-
-
-def _dpkg_version(package):
-    try:
-        proc = subprocess.run(['dpkg-query', '-W', '-f=${Version}', package], capture_output=True, check=False)
-    except FileNotFoundError:
-        return None
-    return proc.stdout.decode().strip() or None

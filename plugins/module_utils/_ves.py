@@ -1,6 +1,6 @@
 # Copyright (c) osvirt developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VEs on one host: their metadata, LXC config, lifecycle and the plan that gets them there.
+"""VEs on one host: their metadata and the plan that gets them to the state a task asks for.
 
 PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
 
@@ -17,49 +17,30 @@ inside the VE's mount namespace: creating a VE copies no template file.
 
 The module front end calls ``VeManager.ensure(specs)``; everything else here is the means:
 ``plan_transitions`` (pure, unit-tested) decides the steps, ``VeManager`` runs them under a
-per-VE lock and rolls a new VE back if its first start fails.
+per-VE lock and rolls a new VE back if its first start fails. The steps on one VE are ``VeOps``
+(``_ve_ops.py``, shared with migration, snapshots and backups); its network is ``_ve_net.py``, its
+LXC config ``_ve_config.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from . import _limits, _quota, _validate
-from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, read_json, remove_tree, write_inside, write_json
+from ._fs import atomic_write, disk_usage, remove_tree, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
-from ._templates import TemplateStore
+from ._ve_config import config_digest, is_owned
+from ._ve_net import check_forwarding, describe_live, normalize_network, plan_live_network, resolv_conf
+from ._ve_ops import VeOps
 
 STATES = ('present', 'started', 'stopped', 'restarted', 'frozen', 'absent')
 META_SCHEMA = 1
-
-# Keys of the LXC config that the collection writes; every other key is kept untouched.
-OWNED_PREFIXES = (
-    'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
-    'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
-    'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
-    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
-) + _limits.OWNED_PREFIXES
-
-# The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
-NET_HOOK = '/usr/libexec/osvirt-vz/net-hook'
-_LIVE_KEYS = ('lxc.hook.start-host', 'lxc.hook.post-stop')
-# lxc.net.<i>.<key> that a running VE gets live (osvirt.vz changes them inside its network namespace)
-_LIVE_NET_KEYS = ('ipv4.address', 'ipv4.gateway', 'ipv6.address', 'ipv6.gateway')
-
-# Security defaults of every VE (DESIGN.md section 7). Device rules follow LXC's common.conf.
-DROPPED_CAPABILITIES = 'mac_admin mac_override sys_module sys_rawio sys_time'
-SECCOMP_PROFILE = '/usr/share/lxc/config/common.seccomp'
-_DEVICES = ('c *:* m', 'b *:* m', 'c 1:3 rwm', 'c 1:5 rwm', 'c 1:7 rwm', 'c 1:8 rwm', 'c 1:9 rwm',
-            'c 5:0 rwm', 'c 5:1 rwm', 'c 5:2 rwm', 'c 136:* rwm', 'c 10:229 rwm')
 
 # What a new VE gets for options the task leaves out.
 SPEC_DEFAULTS = {
@@ -71,40 +52,6 @@ SPEC_DEFAULTS = {
     'owner': None,
 }
 SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
-
-
-def _shaping():
-    """The network shaping module, imported only when a VE has network limits: it loads pyroute2,
-    which costs about 0.2 s per module run."""
-    from . import _shaping as shaping  # pylint: disable=import-outside-toplevel
-    return shaping
-
-
-def _vnet():
-    """Netlink inside VEs and on their host links (``ve_info``'s interfaces), imported only when a
-    VE has a network interface: it loads pyroute2."""
-    from . import _vnet as vnet  # pylint: disable=import-outside-toplevel
-    return vnet
-
-
-def is_owned(key):
-    """True for the LXC config keys the collection manages."""
-    return key.startswith(OWNED_PREFIXES)
-
-
-def _leases_module():
-    """The address leases (_addrpool), imported when a VE has addresses."""
-    from . import _addrpool  # pylint: disable=import-outside-toplevel
-    return _addrpool
-
-
-def _antispoof():
-    """The anti-spoofing filters (_antispoof), or None where that part is not installed."""
-    try:
-        from . import _antispoof as antispoof  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return None
-    return antispoof
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -155,244 +102,6 @@ def plan_transitions(current, desired, config_changed=False, restart=False, stal
 
 
 # -- metadata and config -----------------------------------------------------------------------
-def derived_hwaddr(ve, ifname):
-    """A stable, locally administered MAC from the VE and interface names (same on every host)."""
-    digest = hashlib.sha256(('osvirt.vz:%s:%s' % (ve, ifname)).encode()).digest()
-    return '02:' + ':'.join('%02x' % b for b in digest[:5])
-
-
-def host_link_name(ve, index, parent='vz'):
-    """Host-side name of a VE's veth: 'vz' + 8 hex digits of <cgroup parent>/<VE> + interface index.
-
-    The cgroup parent is per VE store, so two stores on one machine (tests, the lab) never pick the
-    same name for VEs of the same name.
-    """
-    return 'vz%s%d' % (hashlib.sha1(('%s/%s' % (parent, ve)).encode()).hexdigest()[:8], index)
-
-
-# Routed mode (LXC's veth router mode): the VE's default routes go to these addresses, which the
-# host side of its veth answers by proxy ARP / proxy NDP; they never exist on any network.
-ROUTED_GATEWAY4 = '169.254.0.1'
-ROUTED_GATEWAY6 = 'fe80::1'
-NETWORK_MODES = ('bridged', 'routed')
-# (address key, gateway key, auto flag, IP version)
-_FAMILIES = (('ipv4', 'gateway4', 'auto4', 4), ('ipv6', 'gateway6', 'auto6', 6))
-# glibc's resolver reads no more than three nameserver lines (MAXNS)
-MAX_NAMESERVERS = 3
-
-
-def _address_list(what, key, value):
-    """The items of an ipv4/ipv6 option and whether `auto` is one of them."""
-    if value is None:
-        return [], False
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise VzError('%s: %s must be a list of addresses or the word auto' % (what, key))
-    autos = [i for i in items if isinstance(i, str) and i.strip() == 'auto']
-    if len(autos) > 1:
-        raise VzError('%s: %s lists auto more than once (one auto gives one address of the pool)' % (what, key))
-    return [i for i in items if not (isinstance(i, str) and i.strip() == 'auto')], bool(autos)
-
-
-def _static_address(what, key, version, value, mode):
-    """One static address of an interface as an ip_interface (routed: a single address)."""
-    label = '%s %s address' % (what, key)
-    if mode == 'routed' and isinstance(value, str) and '/' not in value:
-        value = '%s/%d' % (value.strip(), 32 if version == 4 else 128)
-    if version == 4:
-        iface = _validate.ipv4_interface(value.strip() if isinstance(value, str) else value, label)
-    else:
-        iface = _validate.ipv6_interface(value.strip() if isinstance(value, str) else value, label)
-    ip = iface.ip
-    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local or \
-            (version == 4 and ip == ipaddress.IPv4Address('255.255.255.255')):
-        raise VzError('%s %s cannot be given to a VE (loopback, link-local, multicast or unspecified)'
-                      % (label, value))
-    if mode == 'routed' and iface.network.prefixlen != ip.max_prefixlen:
-        raise VzError('%s %s: routed mode takes single addresses (/%d), the host routes each one to the VE'
-                      % (label, value, ip.max_prefixlen))
-    return iface
-
-
-def _pool_of(what, key, mode, bridge, settings, host):
-    """The pool an `auto` address of ``key`` comes from, as an ip_network; an error when there is none."""
-    version = 4 if key == 'ipv4' else 6
-    if mode == 'routed':
-        pool = host.routed_pool4 if version == 4 else host.routed_pool6
-        if not pool:
-            raise VzError('%s: %s: auto needs the host\'s routed pool, but the host has none (set routed_pool%d '
-                          'in <vz_root>/host.json, host role variable host_routed_pool%d)'
-                          % (what, key, version, version))
-        where = 'routed_pool%d of the host' % version
-    else:
-        pool = settings.get('pool%d' % version)
-        if not pool:
-            raise VzError('%s: %s: auto needs an address pool, but bridge %s has none (set pool%d with '
-                          'osvirt.vz.bridge)' % (what, key, bridge, version))
-        where = 'pool%d of bridge %s' % (version, bridge)
-    try:
-        network = ipaddress.ip_network(pool, strict=False)
-    except ValueError as exc:
-        raise VzError('%s: %s %r is not a network: %s' % (what, where, pool, exc))
-    if network.version != version:
-        raise VzError('%s: %s %s is not an IPv%d network' % (what, where, pool, version))
-    return network
-
-
-def _bridge_addresses(settings, key):
-    """The bridge's own addresses of one family (ip_interface list) from its settings."""
-    found = []
-    for value in settings.get(key) or []:
-        try:
-            found.append(ipaddress.ip_interface(value))
-        except ValueError:
-            continue
-    return found
-
-
-def normalize_network(ve, network, host, parent=None, current=None):
-    """Validate the interfaces of a VE and fill in their defaults.
-
-    Returns the interfaces as ve.json keeps them. ``current`` is the VE's interfaces now: an
-    address it got from a pool (``auto``) is kept while the task still asks for ``auto`` on the same
-    network. An ``auto`` address the VE does not have yet is left out of ``ipv4``/``ipv6`` and
-    described in the interface's ``pending`` list (``key``, ``pool``, ``prefixlen``, ``exclude``) for
-    the caller, which takes it from the pool (``VeManager._plan_addresses``) and drops the key.
-    Raises VzError naming the VE, the interface and the problem.
-    """
-    if network is not None and not isinstance(network, list):
-        raise VzError('VE %s: network must be a list of interfaces' % ve)
-    before = {i.get('name'): i for i in current or [] if isinstance(i, dict)}
-    result, names, seen, resolver = [], set(), {}, {'nameservers': [], 'searchdomains': []}
-    for index, iface in enumerate(network or []):
-        if not isinstance(iface, dict):
-            raise VzError('VE %s: each network interface must be a dict' % ve)
-        name = _validate.ifname(iface.get('name') or 'eth%d' % index, 'interface name of VE %s' % ve)
-        if name in names:
-            raise VzError('VE %s: interface name %s is used twice' % (ve, name))
-        names.add(name)
-        what = 'VE %s interface %s' % (ve, name)
-        mode = iface.get('mode') or 'bridged'
-        if mode not in NETWORK_MODES:
-            raise VzError('%s: mode %r is not supported (use bridged or routed)' % (what, mode))
-        if mode == 'bridged':
-            bridge = _validate.ifname(iface.get('bridge') or host.bridge, 'bridge name')
-            if not host.bridge_exists(bridge):
-                raise VzError('%s: bridge %s does not exist on this host (create it with osvirt.vz.bridge or the '
-                              'osvirt.vz.host role)' % (what, bridge))
-            settings = host.bridge_settings(bridge)
-        else:
-            if iface.get('bridge'):
-                raise VzError('%s: bridge is only for mode bridged; a routed interface is plugged into no bridge'
-                              % what)
-            bridge, settings = None, {}
-        old = before.get(name)
-        if old is not None and ((old.get('mode') or 'bridged'), old.get('bridge')) != (mode, bridge):
-            old = None   # an address from another network's pool does not carry over
-        entry = {'name': name, 'mode': mode, 'bridge': bridge}
-        pending = []
-        for key, gwkey, autokey, version in _FAMILIES:
-            items, auto = _address_list(what, key, iface.get(key))
-            addresses = [_static_address(what, key, version, a, mode) for a in items]
-            subnets = [a.network for a in addresses]
-            gateway_default = None
-            own = _bridge_addresses(settings, key)
-            if auto:
-                pool = _pool_of(what, key, mode, bridge, settings, host)
-                home = next((a for a in own if pool.subnet_of(a.network)), None)
-                prefixlen = pool.max_prefixlen if mode == 'routed' else \
-                    (home.network.prefixlen if home else pool.prefixlen)
-                subnets.append(ipaddress.ip_network((pool.network_address, prefixlen), strict=False))
-                gateway_default = str(home.ip) if home and mode == 'bridged' else None
-                # the pool's address is always the last of its family's list
-                kept = ((old or {}).get(key) or [])[-1:] if (old or {}).get(autokey) else []
-                kept = [ipaddress.ip_interface(a) for a in kept]
-                if kept and kept[0].ip in pool and kept[0].ip not in [a.ip for a in addresses]:
-                    addresses.append(kept[0])
-                else:
-                    pending.append({'key': key, 'pool': str(pool), 'prefixlen': prefixlen,
-                                    'exclude': sorted({str(a.ip) for a in own})})
-            for address in addresses:
-                if address.ip in seen:
-                    raise VzError('VE %s: address %s is listed twice (interfaces %s and %s)'
-                                  % (ve, address.ip, seen[address.ip], name))
-                seen[address.ip] = name
-                if any(address.ip == a.ip for a in own):
-                    raise VzError('%s: address %s is the own address of bridge %s' % (what, address.ip, bridge))
-            gateway = iface.get(gwkey)
-            if mode == 'routed':
-                fixed = ROUTED_GATEWAY4 if version == 4 else ROUTED_GATEWAY6
-                if gateway and _validate.ip_address(gateway, '%s %s' % (what, gwkey)) != ipaddress.ip_address(fixed):
-                    raise VzError('%s: %s cannot be set in routed mode: the VE\'s default route always goes via %s, '
-                                  'which the host side of its link answers' % (what, gwkey, fixed))
-                gateway = fixed if subnets else None
-            elif gateway:
-                parsed = _validate.ip_address(gateway, '%s %s' % (what, gwkey))
-                if parsed.version != version:
-                    raise VzError('%s: %s %s is not an IPv%d address' % (what, gwkey, gateway, version))
-                if not subnets:
-                    raise VzError('%s: %s %s needs an %s address on the interface' % (what, gwkey, gateway, key))
-                if not any(parsed in net for net in subnets):
-                    raise VzError('%s: %s %s is not in the subnet of any of its addresses' % (what, gwkey, gateway))
-                gateway = str(parsed)
-            else:
-                gateway = gateway_default
-            entry[key] = [a.with_prefixlen for a in addresses]
-            entry[autokey] = bool(auto or (iface.get(autokey) and addresses))
-            entry[gwkey] = gateway
-        mtu = iface.get('mtu')
-        if mtu is not None:
-            from ._net import validate_mtu  # pylint: disable=import-outside-toplevel
-            try:
-                mtu = validate_mtu(int(mtu) if isinstance(mtu, str) and mtu.isdigit() else mtu)
-            except VzError as exc:
-                raise VzError('%s: %s' % (what, exc))
-        nameservers = [str(_validate.ip_address(n, '%s nameserver' % what)) for n in iface.get('nameservers') or []]
-        searchdomains = [_validate.domain_name(d, '%s search domain' % what) for d in iface.get('searchdomains') or []]
-        for key, values in (('nameservers', nameservers), ('searchdomains', searchdomains)):
-            resolver[key] += [v for v in values if v not in resolver[key]]
-        entry.update({
-            'mtu': mtu,
-            'hwaddr': _validate.hwaddr(iface['hwaddr']) if iface.get('hwaddr') else derived_hwaddr(ve, name),
-            'host_link': host_link_name(ve, index, parent or host.cgroup_parent),
-            'nameservers': nameservers,
-            'searchdomains': searchdomains,
-        })
-        if pending:
-            entry['pending'] = pending
-        result.append(entry)
-    if len(resolver['nameservers']) > MAX_NAMESERVERS:
-        raise VzError('VE %s: %d nameservers given; the resolver reads at most %d'
-                      % (ve, len(resolver['nameservers']), MAX_NAMESERVERS))
-    return result
-
-
-def resolver_of(network):
-    """(nameservers, searchdomains) of a VE, in interface order, each once."""
-    nameservers, searchdomains = [], []
-    for iface in network or []:
-        nameservers += [n for n in iface.get('nameservers') or [] if n not in nameservers]
-        searchdomains += [d for d in iface.get('searchdomains') or [] if d not in searchdomains]
-    return nameservers, searchdomains
-
-
-def resolv_conf(network):
-    """The /etc/resolv.conf that a VE with these interfaces gets (None: the VE keeps its own)."""
-    nameservers, searchdomains = resolver_of(network)
-    if not nameservers and not searchdomains:
-        return None
-    lines = ['# Written by osvirt.vz from the nameservers and searchdomains of the VE\'s network.']
-    lines += ['nameserver %s' % n for n in nameservers]
-    if searchdomains:
-        lines.append('search %s' % ' '.join(searchdomains))
-    return '\n'.join(lines) + '\n'
-
-
-def addresses_of(iface):
-    """Every address of an interface without prefix length, IPv4 first."""
-    return [str(ipaddress.ip_interface(a).ip) for key in ('ipv4', 'ipv6') for a in iface.get(key) or []]
-
-
 def normalize_mounts(ve, mounts, host):
     """Validate bind mounts (host path -> VE path) and fill in their defaults."""
     result, targets = [], set()
@@ -406,83 +115,6 @@ def normalize_mounts(ve, mounts, host):
         targets.add(target)
         result.append({'source': source, 'target': target, 'readonly': bool(mount.get('readonly'))})
     return result
-
-
-def render_config(host, meta, lower_dirs, init, limit_items=()):
-    """The owned LXC config entries of a VE, as (key, value) pairs in a fixed order.
-
-    ``limit_items`` are the VE's limits as lxc.cgroup.* / lxc.cgroup2.* entries (``_limits.config_items``).
-    """
-    name = meta['name']
-    directory = host.ve_dir(name)
-    upper = os.path.join(directory, 'private', 'upper')
-    items = [
-        ('lxc.uts.name', meta.get('hostname') or name),
-        ('lxc.rootfs.path', 'overlay:' + ':'.join(list(lower_dirs) + [upper])),
-    ]
-    idmap = meta.get('idmap')
-    if idmap:
-        # inside a user namespace overlayfs cannot write trusted.* xattrs: without userxattr,
-        # removing a directory of a lower layer (it needs an opaque mark) fails with EIO
-        items.append(('lxc.rootfs.options', 'userxattr'))
-        items += [('lxc.idmap', 'u 0 %d %d' % (idmap['uid'], idmap['count'])),
-                  ('lxc.idmap', 'g 0 %d %d' % (idmap['gid'], idmap['count']))]
-    items += [
-        ('lxc.mount.auto', 'proc:mixed sys:mixed cgroup:mixed'),
-        ('lxc.cap.drop', DROPPED_CAPABILITIES),
-        ('lxc.seccomp.profile', SECCOMP_PROFILE),
-        ('lxc.tty.max', '4'),
-        ('lxc.pty.max', '1024'),
-    ]
-    if meta.get('apparmor'):
-        items += [('lxc.apparmor.profile', 'generated'), ('lxc.apparmor.allow_nesting', '0')]
-    items += [('lxc.cgroup.devices.deny', 'a')] + [('lxc.cgroup.devices.allow', d) for d in _DEVICES]
-    items += [('lxc.cgroup2.devices.deny', 'a')] + [('lxc.cgroup2.devices.allow', d) for d in _DEVICES]
-    parent = meta['cgroup_parent']
-    items += [
-        ('lxc.cgroup.dir.container', '%s/%s' % (parent, name)),
-        ('lxc.cgroup.dir.monitor', '%s.monitor/%s' % (parent, name)),
-        ('lxc.signal.halt', init.get('halt_signal', 'SIGPWR')),
-        ('lxc.signal.reboot', init.get('reboot_signal', 'SIGINT')),
-        ('lxc.start.auto', '1' if meta.get('autostart') else '0'),
-        ('lxc.log.file', os.path.join(directory, 'lxc.log')),
-        ('lxc.log.level', 'ERROR'),
-    ]
-    network = meta.get('network') or []
-    if not network:
-        items.append(('lxc.net.0.type', 'empty'))
-    for index, iface in enumerate(network):
-        prefix = 'lxc.net.%d.' % index
-        items.append((prefix + 'type', 'veth'))
-        if iface.get('mode') == 'routed':
-            # LXC's router mode: host routes to each address and proxy ARP/NDP for the gateways on
-            # the host side, forwarding on that link only; the VE is on no bridge (no L2 neighbours)
-            items.append((prefix + 'veth.mode', 'router'))
-        else:
-            items.append((prefix + 'link', iface['bridge']))
-        items += [(prefix + 'veth.pair', iface['host_link']), (prefix + 'name', iface['name']),
-                  (prefix + 'hwaddr', iface['hwaddr']), (prefix + 'flags', 'up')]
-        if iface.get('mtu'):
-            items.append((prefix + 'mtu', str(iface['mtu'])))
-        for key, gwkey, _auto, _version in _FAMILIES:
-            items += [(prefix + key + '.address', _lxc_address(a)) for a in iface.get(key) or []]
-            if iface.get(gwkey):
-                items.append((prefix + key + '.gateway', iface[gwkey]))
-    for mount in meta.get('mounts') or []:
-        options = 'bind,create=%s%s' % ('dir' if os.path.isdir(mount['source']) else 'file',
-                                        ',ro' if mount['readonly'] else '')
-        items.append(('lxc.mount.entry', '%s %s none %s 0 0' % (mount['source'], mount['target'].lstrip('/'),
-                                                                options)))
-    return items + list(limit_items)
-
-
-def _lxc_address(cidr):
-    """An address as lxc.net.N.ipv4/ipv6.address takes it. IPv4 names its broadcast address: LXC 5.0.2
-    sets 0.0.0.255 for a /24 when it computes it itself (seen with ``ip addr`` inside a VE)."""
-    iface = ipaddress.ip_interface(cidr)
-    if iface.version == 4 and iface.network.prefixlen <= 30:
-        return '%s %s' % (cidr, iface.network.broadcast_address)
-    return cidr
 
 
 def public_view(meta, state, pid=None):
@@ -504,28 +136,6 @@ def public_view(meta, state, pid=None):
     }
 
 
-def is_live_key(key):
-    """True for config keys whose change a running VE gets without a restart: limits, the hooks,
-    and the addresses and gateways of its interfaces (changed inside its network namespace)."""
-    if _limits.is_limit_key(key) or key in _LIVE_KEYS:
-        return True
-    return key.startswith('lxc.net.') and key.split('.', 3)[-1] in _LIVE_NET_KEYS
-
-
-def config_digest(items):
-    """A short digest of owned config entries, order-insensitive.
-
-    Live keys (``is_live_key``) are left out: they are applied to a running VE live, so they never
-    make it stale.
-    """
-    # LXC answers a routed VE's gateway (proxy ARP/NDP) only from the start on: not live there
-    routed = {'lxc.net.%s.' % k.split('.')[2] for k, v in items
-              if k.startswith('lxc.net.') and k.endswith('.veth.mode') and v == 'router'}
-    kept = sorted(i for i in items if not is_live_key(i[0]) or
-                  i[0].endswith('.gateway') and i[0][:i[0].index('.', 8) + 1] in routed)
-    return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
-
-
 def spec_view(meta):
     """The part of the metadata that a task can ask for; used for --diff (limits with unit strings)."""
     view = {k: meta.get(k) for k in SPEC_KEYS if k in meta}
@@ -535,70 +145,17 @@ def spec_view(meta):
 
 
 # -- the manager -------------------------------------------------------------------------------
-class VeManager:
-    """Brings VEs of one host to the state tasks ask for."""
+class VeManager(VeOps):
+    """Brings VEs of one host to the state tasks ask for, with the steps of ``VeOps``."""
 
     def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4,
                  overcommit=None):
-        self.host = host
-        self.overcommit = overcommit if overcommit is not None else host.overcommit
-        self._facts = None
-        self._device = None
+        super().__init__(host, client, stop_timeout=stop_timeout, overcommit=overcommit)
         self._pending_limits = {}
-        self._task_addresses = {}   # address -> VE, over the plans of one ensure()
-        self._lease_book = None
         self._parents_ready = set()
-        self.client = client
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
-        self.stop_timeout = stop_timeout
         self.workers = workers
-        self.templates = TemplateStore(host)
-        self.cgroups = CgroupTree()
-
-    # -- reading --------------------------------------------------------------------------
-    def read_meta(self, name):
-        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
-        directory = self.host.ve_dir(name)
-        if not os.path.lexists(directory):
-            return None
-        if os.path.islink(directory) or not os.path.isdir(directory):
-            raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
-        meta = read_json(os.path.join(directory, 've.json'))
-        if not isinstance(meta, dict):
-            raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
-        return meta
-
-    def names(self):
-        """Names of every VE directory with a ve.json, sorted."""
-        try:
-            entries = os.listdir(self.host.ves_dir)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in entries if _validate.VE_NAME_RE.fullmatch(n)
-                      and os.path.isfile(os.path.join(self.host.ves_dir, n, 've.json')))
-
-    def running_digest(self, name, pid, on_disk_items):
-        """Digest of the config a running VE was started with.
-
-        ``running.json`` records it with the init pid when this collection starts a VE or writes a
-        change without restarting it. A record with another pid is stale (the VE was restarted by
-        other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
-        """
-        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
-        if pid is not None and record.get('pid') == pid and record.get('config'):
-            return record['config']
-        return config_digest(on_disk_items)
-
-    def _record_running(self, name, pid, digest):
-        if pid is not None:
-            write_json(os.path.join(self.host.ve_dir(name), 'running.json'), {'pid': pid, 'config': digest})
-
-    def states(self):
-        """State and pid of every VE in one lxc-ls call; {} when the lxcpath does not exist yet."""
-        if not os.path.isdir(self.host.ves_dir):
-            return {}
-        return self.client.list()
 
     # -- desired state --------------------------------------------------------------------
     def desired_meta(self, spec, meta):
@@ -659,43 +216,6 @@ class VeManager:
         if tversion is None:
             return self.templates.manifest(cname, cversion)
         return self.templates.resolve('%s@%s' % (cname, tversion))
-
-    def desired_config(self, meta, manifest, create=False):
-        idmap = self.host.idmap() if meta.get('idmap') else None
-        if idmap is not None and (idmap.uid, idmap.gid) != (meta['idmap']['uid'], meta['idmap']['gid']):
-            raise VzError('VE %s was made for ids %d/%d but the host now maps %d/%d'
-                          % (meta['name'], meta['idmap']['uid'], meta['idmap']['gid'], idmap.uid, idmap.gid))
-        lowers = self.templates.lower_dirs(manifest, idmap, create=create)
-        limit_items = _limits.config_items(self.limit_settings(meta))
-        if meta.get('network') and os.path.exists(NET_HOOK):
-            # shaping and anti-spoofing live as long as the VE's link: the hook sets them at every start
-            limit_items += [('lxc.hook.start-host', NET_HOOK), ('lxc.hook.post-stop', NET_HOOK)]
-        return render_config(self.host, meta, lowers, manifest.get('init') or {}, limit_items)
-
-    # -- limits ---------------------------------------------------------------------------
-    @property
-    def facts(self):
-        """CPUs, memory, overcommit and cgroup layout of the host (read once)."""
-        if self._facts is None:
-            try:
-                overcommit = float(self.overcommit)
-            except (TypeError, ValueError):
-                raise VzError('overcommit must be a number such as 1.5, got %r' % (self.overcommit,))
-            self._facts = _limits.HostFacts(self.cgroups, overcommit=overcommit,
-                                            net_capacity=self.host.net_capacity)
-        return self._facts
-
-    def limit_settings(self, meta):
-        """The cgroup settings of a VE's limits (``_limits.Setting`` list)."""
-        limits = meta.get('limits') or {}
-        device = None
-        disk = limits.get('disk') or {}
-        if any(k in disk for k in ('read_bps', 'write_bps', 'read_iops', 'write_iops')):
-            if self._device is None:
-                self._device = _limits.block_device(self.host.ves_dir if os.path.isdir(self.host.ves_dir)
-                                                    else self.host.vz_root)
-            device = self._device
-        return _limits.cgroup_settings(meta['name'], limits, self.facts, device)
 
     def _plan_limits(self, plan, force):
         """Validate a change of limits and prepare its live writes; nothing changes here."""
@@ -780,7 +300,7 @@ class VeManager:
                 normalize_network(spec['name'], spec['network'], self.host)
         if not self.check_mode:
             self.host.ensure_layout()
-        self._task_addresses = {}
+        self.net.begin_task()
         if any(s.get('state') != 'absent' and not s.get('privileged') for s in specs):
             self.host.check_reachable()
         locks = []
@@ -807,7 +327,7 @@ class VeManager:
                 for result, plan in started:
                     result['ve']['pid'] = (final.get(result['ve']['name']) or {}).get('pid')
                     if 'start' in plan['steps'] and plan['config'] is not None and not result['error']:
-                        self._record_running(plan['name'], result['ve']['pid'], config_digest(plan['config']))
+                        self.record_running(plan['name'], result['ve']['pid'], config_digest(plan['config']))
             return results
         finally:
             for lock in reversed(locks):
@@ -834,13 +354,13 @@ class VeManager:
             plan['steps'], plan['restart_required'] = plan_transitions(current, 'absent')
             return plan
         new_meta, manifest = self.desired_meta(spec, meta)
-        plan['claims'], plan['release'] = self._plan_addresses(name, meta, new_meta)
+        plan['claims'], plan['release'] = self.net.plan_addresses(name, meta, new_meta)
         if meta is not None and meta.get('template') != new_meta['template']:
             plan['rebase'] = self._rebase_info(meta, manifest)
         config = self.desired_config(new_meta, manifest, create=False)
         config_changed = meta_changed = stale = False
         if meta is not None:
-            on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+            on_disk = self.config_on_disk(name)
             config_changed = sorted(on_disk) != sorted(config)
             meta_changed = spec_view(meta) != spec_view(new_meta)
             plan['disk_digest'] = config_digest(on_disk)
@@ -849,11 +369,11 @@ class VeManager:
         plan.update(new_meta=new_meta, manifest=manifest, config=config)
         live_net = []
         if current in ('running', 'frozen'):
-            live_net = self._plan_live_network(meta, new_meta)
+            live_net = plan_live_network(meta, new_meta)
         steps, plan['restart_required'] = plan_transitions(current, desired_state, config_changed, restart, stale)
         if meta_changed and 'configure' not in steps:
             steps.insert(0, 'configure')   # metadata only (e.g. owner): nothing to restart for
-        self._check_forwarding(name, new_meta, steps)
+        check_forwarding(name, new_meta, steps)
         plan['live_net'] = live_net if 'stop' not in steps else []
         if plan['live_net']:
             # live first, then persist: a refused change leaves config and ve.json as they were
@@ -871,90 +391,6 @@ class VeManager:
             steps.insert(0, 'addresses')
         plan['steps'] = steps
         return plan
-
-    # -- network --------------------------------------------------------------------------
-    def _leases(self):
-        if self._lease_book is None:
-            self._lease_book = _leases_module().Leases(self.host)
-        return self._lease_book
-
-    def _plan_addresses(self, name, meta, new_meta):
-        """Check each address of a VE against the host's leases and pick its `auto` addresses.
-
-        Nothing is written: an `auto` address is the pool's lowest free one now (``Leases.predict``),
-        leased by the 'addresses' step. An address leased to another VE, or asked for by another VE
-        of this task, is an error naming that VE. Returns ``(claims, releases)``: the addresses to
-        lease, and those the VE gives up (released once its new config is written).
-        """
-        network = new_meta.get('network') or []
-        old = [a for iface in (meta or {}).get('network') or [] for a in addresses_of(iface)]
-        if not network and not old:
-            return [], []
-        leases = self._leases()
-        claims = []
-        for iface in network:
-            for address in addresses_of(iface):
-                other = self._task_addresses.get(address)
-                if other and other != name:
-                    raise VzError('VE %s interface %s: address %s is also asked for by VE %s in this task'
-                                  % (name, iface['name'], address, other))
-                owner = leases.owner(address)
-                if owner and owner.get('ve') != name:
-                    raise VzError('VE %s interface %s: address %s is already used by VE %s (interface %s)'
-                                  % (name, iface['name'], address, owner.get('ve'), owner.get('interface')))
-                if owner is None:
-                    claims.append({'interface': iface['name'], 'address': address, 'pool': None})
-                self._task_addresses[address] = name
-            for want in iface.pop('pending', []):
-                address = leases.predict(want['pool'], exclude=sorted(set(want['exclude']) |
-                                                                      set(self._task_addresses)))
-                iface[want['key']].append('%s/%d' % (address, want['prefixlen']))
-                claims.append(dict(want, interface=iface['name'], address=address))
-                self._task_addresses[address] = name
-        new = {a for iface in network for a in addresses_of(iface)}
-        return claims, [a for a in old if a not in new]
-
-    @staticmethod
-    def _plan_live_network(meta, new_meta):
-        """Address and gateway changes of a running VE's interfaces (same name and mode before and after)."""
-        before = {i['name']: i for i in meta.get('network') or []}
-        changes = []
-        for iface in new_meta.get('network') or []:
-            old = before.get(iface['name'])
-            if old is None or (old.get('mode') or 'bridged') != iface['mode']:
-                continue   # a new interface, or one that changes mode, waits for a restart
-            add = [a for key in ('ipv4', 'ipv6') for a in iface[key] if a not in (old.get(key) or [])]
-            remove = [a for key in ('ipv4', 'ipv6') for a in old.get(key) or [] if a not in iface[key]]
-            gateways = {gwkey: (old.get(gwkey), iface[gwkey]) for _key, gwkey, _auto, _v in _FAMILIES
-                        if old.get(gwkey) != iface[gwkey] and iface['mode'] == 'bridged'}
-            if add or remove or gateways:
-                changes.append({'iface': iface, 'add': add, 'remove': remove, 'gateways': gateways,
-                                'host_link': old.get('host_link') or iface['host_link']})
-        return changes
-
-    @staticmethod
-    def _check_forwarding(name, meta, steps):
-        """Refuse to start a routed VE that could not reach its gateway.
-
-        IPv6: LXC refuses to start a VE with a routed IPv6 gateway unless net.ipv6.conf.all.forwarding
-        is 1, with a message only in its log; it is set by osvirt.vz.bridge or the host role, never
-        behind the operator's back (IPv6 forwarding also stops the host from taking router
-        advertisements). IPv4: the kernel answers the proxy ARP entry of 169.254.0.1 only when the host
-        routes that address through another device (any default route does); without one, the VE
-        would start and reach nothing.
-        """
-        routed = [i for i in meta.get('network') or [] if i['mode'] == 'routed']
-        if 'start' not in steps or not routed:
-            return
-        for iface in routed:
-            if iface['ipv6'] and _read_sysctl('net/ipv6/conf/all/forwarding') != '1':
-                raise VzError('VE %s interface %s: routed IPv6 needs IPv6 forwarding on the host, and '
-                              'net.ipv6.conf.all.forwarding is 0 (LXC refuses to start the VE); enable it with '
-                              'osvirt.vz.bridge (forwarding) or sysctl' % (name, iface['name']))
-        if any(i['ipv4'] for i in routed) and not _host_routes_to(ROUTED_GATEWAY4):
-            raise VzError('VE %s: routed IPv4 needs a route on the host to %s (any default route), or the host '
-                          'side of the VE\'s link does not answer for its gateway; the host has none'
-                          % (name, ROUTED_GATEWAY4))
 
     def _rebase_info(self, meta, manifest):
         """From/to of a rebase, whether it goes back in time, and what the private area hides."""
@@ -988,7 +424,7 @@ class VeManager:
             return 'rebase %s from %s to %s%s' % (plan['name'], rebase['from'], rebase['to'],
                                                   ' (rollback to an older version)' if rebase['rollback'] else '')
         if step == 'network':
-            return 'network %s: %s' % (plan['name'], '; '.join(_describe_live(c) for c in plan['live_net']))
+            return 'network %s: %s' % (plan['name'], '; '.join(describe_live(c) for c in plan['live_net']))
         if step == 'addresses':   # part of creating a VE; on an existing one, its own action
             return None if 'create' in plan['steps'] else \
                 'lease %s for %s' % (', '.join(c['address'] for c in plan['claims']), plan['name'])
@@ -1051,7 +487,7 @@ class VeManager:
                 plan['limit_done'] = []
             if plan.get('claimed') and not created:
                 try:
-                    self._leases().release(name, plan['claimed'])
+                    self.net.release(name, plan['claimed'])
                 except VzError as exc:  # pragma: no cover - best effort, reported
                     message += '; releasing the new address leases failed too: %s' % exc
             if created:
@@ -1107,101 +543,33 @@ class VeManager:
         directory = self.host.ve_dir(name)
         if plan['current'] in ('running', 'frozen') and plan.get('disk_digest'):
             # the VE keeps running what it was started with: remember that before the file changes
-            on_disk = LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)
-            self._record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
+            on_disk = self.config_on_disk(name)
+            self.record_running(name, plan['pid'], self.running_digest(name, plan['pid'], on_disk))
         config = self.desired_config(plan['new_meta'], plan['manifest'], create=True)
         if plan.get('rebase'):  # what _undo_configure puts back if the VE fails on the new version
             plan['saved'] = {f: _read_bytes(os.path.join(directory, f)) for f in ('config', 've.json')}
-        cfg = LxcConfig.load(os.path.join(directory, 'config'))
-        cfg.replace_owned(is_owned, config)
-        cfg.save(os.path.join(directory, 'config'))
-        write_json(os.path.join(directory, 've.json'), plan['new_meta'])
+        self.write_registration(name, plan['new_meta'], config)
         if plan.get('release'):
-            self._leases().release(name, plan['release'])
+            self.net.release(name, plan['release'])
 
     def _step_addresses(self, plan):
-        """Lease the VE's new addresses. A predicted `auto` address that another process leased since
-        the plan is replaced by the pool's next free one."""
-        name, leases = plan['name'], self._leases()
-        claimed = plan.setdefault('claimed', [])
-        for claim in plan['claims']:
-            address = claim['address']
-            if claim['pool'] is None:
-                leases.claim(name, claim['interface'], address)
-            else:
-                try:
-                    leases.claim(name, claim['interface'], address)
-                except VzError:
-                    address = leases.allocate(name, claim['interface'], claim['pool'], exclude=claim['exclude'])
-                    iface = next(i for i in plan['new_meta']['network'] if i['name'] == claim['interface'])
-                    old = '%s/%d' % (claim['address'], claim['prefixlen'])
-                    iface[claim['key']] = [('%s/%d' % (address, claim['prefixlen'])) if a == old else a
-                                           for a in iface[claim['key']]]
-                    claim['address'] = address
-            claimed.append(address)
+        """Lease the VE's new addresses (a predicted `auto` address taken meanwhile is replaced)."""
+        self.net.claim(plan['name'], plan['claims'], plan['new_meta']['network'], plan.setdefault('claimed', []))
 
     def _step_network(self, plan):
-        """Change addresses and gateways of a running VE's interfaces live: the anti-spoofing filter,
-        inside the VE's network namespace, and the host routes of a routed interface."""
-        vnet, antispoof, done = _vnet(), _antispoof(), []
-        try:
-            for change in plan['live_net']:
-                iface = change['iface']
-                if antispoof is not None:
-                    antispoof.ensure_filter(change['host_link'], iface['hwaddr'], iface['ipv4'], iface['ipv6'])
-                vnet.apply_addresses(plan['pid'], iface['name'], add=change['add'], remove=change['remove'],
-                                     gateway4=change['gateways'].get('gateway4'),
-                                     gateway6=change['gateways'].get('gateway6'))
-                done.append(change)
-                if iface['mode'] == 'routed':
-                    vnet.host_routes(change['host_link'], add=change['add'], remove=change['remove'])
-        except Exception:
-            for change in reversed(done):  # put back what this step changed, then report
-                try:
-                    self._undo_live(vnet, antispoof, plan, change)
-                except Exception:  # pragma: no cover - best effort; the error below is what counts
-                    pass
-            raise
-
-    @staticmethod
-    def _undo_live(vnet, antispoof, plan, change):
-        iface = change['iface']
-        old = next(i for i in plan['meta']['network'] if i['name'] == iface['name'])
-        vnet.apply_addresses(plan['pid'], iface['name'], add=change['remove'], remove=change['add'],
-                             gateway4=tuple(reversed(change['gateways']['gateway4']))
-                             if 'gateway4' in change['gateways'] else None,
-                             gateway6=tuple(reversed(change['gateways']['gateway6']))
-                             if 'gateway6' in change['gateways'] else None)
-        if iface['mode'] == 'routed':
-            vnet.host_routes(change['host_link'], add=change['remove'], remove=change['add'])
-        if antispoof is not None:
-            antispoof.ensure_filter(change['host_link'], old['hwaddr'], old.get('ipv4') or [], old.get('ipv6') or [])
+        """Change addresses and gateways of a running VE's interfaces live (put back on failure)."""
+        self.net.apply_live(plan['pid'], plan['live_net'], plan['meta']['network'])
 
     def _step_resolver(self, plan):
         """Write the VE's /etc/resolv.conf: inside a running VE through /proc/<pid>/root, else into its
         private area; never following a link the VE made, as the VE's root user."""
         name, meta = plan['name'], plan['new_meta']
-        idmap = meta.get('idmap') or {}
         now = self.client.state(name)
         if now['state'] in ('running', 'frozen') and now['pid']:
             root = '/proc/%d/root' % now['pid']
         else:
             root = os.path.join(self.host.ve_dir(name), 'private', 'upper')
-        write_inside(root, 'etc', 'resolv.conf', resolv_conf(meta['network']), idmap.get('uid', 0),
-                     idmap.get('gid', 0))
-
-    def _guard(self, meta):
-        """Anti-spoofing filters of a started VE's links (idempotent; the host role's hook sets them
-        too, before the VE's init runs, where it is installed)."""
-        antispoof = _antispoof()
-        if antispoof is None:
-            return
-        for iface in meta.get('network') or []:
-            if iface.get('mode') == 'routed':
-                antispoof.answer_gateways(iface['host_link'], bool(iface.get('ipv4')), bool(iface.get('ipv6')))
-        for iface in meta.get('network') or []:
-            antispoof.ensure_filter(iface['host_link'], iface['hwaddr'], iface.get('ipv4') or [],
-                                    iface.get('ipv6') or [])
+        self.net.write_resolver(root, meta['network'], meta.get('idmap'))
 
     def _step_limits(self, plan):
         """Apply changed limits: live cgroup writes (running VE), disk quota, network shaping."""
@@ -1218,17 +586,7 @@ class VeManager:
                 plan['limit_done'] = []
                 raise
         if running and plan['shaping']:
-            self._shape(meta)
-
-    def _shape(self, meta):
-        """Network shaping of a running VE's links (it lives only while the links exist)."""
-        net = (meta.get('limits') or {}).get('net') or {}
-        for iface in meta.get('network') or []:
-            if net.get('rate'):
-                _shaping().apply_shaping(iface['host_link'], net['rate'], net.get('ceil'),
-                                         capacity_bps=self.host.net_capacity)
-            else:
-                _shaping().clear_shaping(iface['host_link'])
+            self.net.shape(meta)
 
     def _undo_configure(self, plan):
         """Put a rebased VE's config and metadata back and start it again if it ran; returns a note."""
@@ -1247,72 +605,30 @@ class VeManager:
                             raise
                 if plan['current'] == 'frozen':
                     self.client.freeze(name)
-                self._record_running(name, self.client.state(name)['pid'], config_digest(
-                    LxcConfig.load(os.path.join(directory, 'config')).owned_items(is_owned)))
+                self.record_running(name, self.client.state(name)['pid'], config_digest(
+                    self.config_on_disk(name)))
         except Exception as exc:  # pragma: no cover - best effort, reported
             return '; putting %s back failed too: %s' % (plan['meta']['template'], exc)
         return '; VE %s is back on %s as it was' % (name, plan['meta']['template'])
 
     def _step_start(self, plan):
-        name = plan['name']
-        meta = plan['new_meta'] or plan['meta']
-        if plan['manifest'] is not None:   # the shifted template copy may not exist yet on this host
-            self.desired_config(meta, plan['manifest'], create=True)
-        parent = meta.get('cgroup_parent') or self.host.cgroup_parent
-        try:
-            self.cgroups.settle(parent, name)   # a monitor of an earlier, aborted start may still be leaving
-            self.cgroups.remove_stale(parent, name)
-        except OSError as exc:
-            raise VzError('VE %s is stopped but its cgroup still holds processes: %s' % (name, exc))
-        log = os.path.join(self.host.ve_dir(name), 'lxc.log')
-        try:
-            self.client.start(name, logfile=log)
-        except VzError as exc:
-            tail = _tail(log)
-            # let the aborted start's monitor finish, so that the caller (or a retry) can start again
-            self.cgroups.settle(parent, name)
-            raise VzError('%s%s' % (exc, ('; LXC log: ' + tail) if tail else ''), **exc.details)
-        if ((meta.get('limits') or {}).get('net')):
-            self._shape(meta)
-        self._guard(meta)
+        self.start(plan['name'], plan['new_meta'] or plan['meta'], plan['manifest'])
 
     def _step_stop(self, plan):
-        self.client.stop(plan['name'], self.stop_timeout)
+        self.stop(plan['name'])
 
     def _step_kill(self, plan):
-        self.client.kill(plan['name'])
+        self.kill(plan['name'])
 
     def _step_freeze(self, plan):
-        self.client.freeze(plan['name'])
+        self.freeze(plan['name'])
 
     def _step_unfreeze(self, plan):
-        self.client.unfreeze(plan['name'])
+        self.unfreeze(plan['name'])
 
     def _step_destroy(self, plan):
         """Remove the VE: rename its directory away first (atomic), then delete it without following links."""
-        name = plan['name']
-        directory = self.host.ve_dir(name)
-        trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
-        os.rename(directory, os.path.join(trash, name))
-        meta = plan['meta'] or plan['new_meta'] or {}
-        _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
-        remove_tree(trash)
-        self.client.forget(name)
-        if ((meta.get('limits') or {}).get('net')):
-            for iface in meta.get('network') or []:
-                try:
-                    _shaping().clear_shaping(iface['host_link'])
-                except VzError:
-                    pass  # the IFB device goes with the VE's link; a leftover is reported by ve_info
-        antispoof = _antispoof() if meta.get('network') else None
-        for iface in meta.get('network') or [] if antispoof is not None else []:
-            antispoof.remove_filter(iface['host_link'])
-        if meta.get('network') or os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
-            self._leases().release(name)
-        try:
-            self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
-        except OSError:
-            pass  # a cgroup LXC still tears down is no reason to report the removal as failed
+        self.unregister(plan['name'], plan['meta'] or plan['new_meta'] or {})
 
     # -- info -----------------------------------------------------------------------------
     def info(self, names=None, states=None, usage=True):
@@ -1331,7 +647,7 @@ class VeManager:
             view['restart_required'] = False
             if entry['state'] in ('running', 'frozen'):
                 try:
-                    on_disk = LxcConfig.load(os.path.join(self.host.ve_dir(name), 'config')).owned_items(is_owned)
+                    on_disk = self.config_on_disk(name)
                 except OSError:
                     on_disk = []
                 view['restart_required'] = self.running_digest(name, entry['pid'], on_disk) != config_digest(on_disk)
@@ -1339,9 +655,8 @@ class VeManager:
             view.update({'template_name': tname, 'template_version': version or None,
                          'layers': meta.get('layers') or [], 'network': meta.get('network') or [],
                          'mounts': meta.get('mounts') or [], 'cgroup_parent': meta.get('cgroup_parent')})
-            view['interfaces'] = _vnet().describe_interfaces(
-                meta['network'], entry['pid'] if entry['state'] in ('running', 'frozen') else None) \
-                if meta.get('network') else []
+            view['interfaces'] = self.net.interfaces(meta, entry['pid'] if entry['state'] in ('running', 'frozen')
+                                                     else None)
             if usage:
                 view['memory_bytes'] = (self.cgroups.memory_usage(meta.get('cgroup_parent') or
                                                                   self.host.cgroup_parent, name)
@@ -1359,18 +674,8 @@ class VeManager:
             if running else {}
         disk = _quota.quota_usage(self.host, meta)
         use['disk'] = dict(disk, space_limit=disk.get('space_limit') or _limits.get(limits, 'disk', 'space'))
-        net = {'rx_bytes': None, 'tx_bytes': None, 'rate': _limits.get(limits, 'net', 'rate'),
-               'ceil': _limits.get(limits, 'net', 'ceil')}
-        if running and meta.get('network'):
-            try:
-                counters = [_shaping().link_counters(i['host_link']) for i in meta['network']]
-            except VzError:
-                counters = []
-            counters = [c for c in counters if c]
-            if counters:
-                net['rx_bytes'] = sum(c['rx_bytes'] for c in counters)
-                net['tx_bytes'] = sum(c['tx_bytes'] for c in counters)
-        use['net'] = net
+        net = self.net.counters(meta) if running and meta.get('network') else {'rx_bytes': None, 'tx_bytes': None}
+        use['net'] = dict(net, rate=_limits.get(limits, 'net', 'rate'), ceil=_limits.get(limits, 'net', 'ceil'))
         return use
 
 
@@ -1381,13 +686,6 @@ def describe_error(exc, what):
     if isinstance(exc, OSError) and exc.strerror:
         return '%s failed: %s%s' % (what, exc.strerror, (' (%s)' % exc.filename) if exc.filename else '')
     return '%s failed: %s' % (what, exc)
-
-
-def _describe_live(change):
-    """One interface's live change in words, for the actions list."""
-    words = ['add %s' % a for a in change['add']] + ['remove %s' % a for a in change['remove']]
-    words += ['%s %s' % (key, new or 'none') for key, (_old, new) in sorted(change['gateways'].items())]
-    return '%s %s' % (change['iface']['name'], ', '.join(words))
 
 
 def _final_state(state, steps):
@@ -1401,35 +699,3 @@ def _final_state(state, steps):
 def _read_bytes(path):
     with open(path, 'rb') as handle:
         return handle.read()
-
-
-def _tail(path, lines=5):
-    try:
-        with open(path, 'r', encoding='utf-8', errors='replace') as handle:
-            text = handle.read()[-4000:]
-    except OSError:
-        return ''
-    return ' | '.join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
-
-
-def _read_sysctl(path):
-    try:
-        with open(os.path.join('/proc/sys', path), 'r', encoding='ascii') as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-def _host_routes_to(address):
-    """True when the host has a unicast route to ``address`` (the kernel's route lookup, pyroute2)."""
-    try:
-        from pyroute2 import IPRoute  # pylint: disable=import-outside-toplevel
-        from pyroute2.netlink.exceptions import NetlinkError  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return True   # cannot tell; LXC and the kernel decide
-    with IPRoute() as ipr:
-        try:
-            routes = ipr.route('get', dst=address)
-        except NetlinkError:
-            return False
-    return any(r.get('type', 1) == 1 for r in routes)   # RTN_UNICAST

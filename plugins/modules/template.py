@@ -287,6 +287,7 @@ from ansible_collections.osvirt.vz.plugins.module_utils import _validate
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, host_from, run
 from ansible_collections.osvirt.vz.plugins.module_utils._rsync import Remote
+from ansible_collections.osvirt.vz.plugins.module_utils._template_build import build
 from ansible_collections.osvirt.vz.plugins.module_utils._templates import TemplateStore
 
 
@@ -352,7 +353,7 @@ def main():
                 if not module.check_mode:
                     host.ensure_layout()
                 source = {k: v for k, v in params['source'].items() if v is not None}
-                built = store.build(name, source, check_mode=module.check_mode, if_absent=not params['rebuild'])
+                built = build(store, name, source, check_mode=module.check_mode, if_absent=not params['rebuild'])
                 if built is not None:  # None: a concurrent build published one while we waited
                     actions.append('build %s@%s' % (name, built['version']))
         else:

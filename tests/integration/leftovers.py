@@ -43,7 +43,7 @@ from typing import Dict, FrozenSet, Iterable, List
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / ".build" / "collections"))
 
-from ansible_collections.osvirt.vz.plugins.module_utils._ves import host_link_name  # noqa: E402
+from ansible_collections.osvirt.vz.plugins.module_utils._ve_net import host_link_name  # noqa: E402
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LXC_LOCKS = Path("/run/lxc/lock")

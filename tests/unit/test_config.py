@@ -1,7 +1,7 @@
 """The LXC config model keeps what it does not own."""
 
 from ansible_collections.osvirt.vz.plugins.module_utils._engine.config import HEADER, LxcConfig
-from ansible_collections.osvirt.vz.plugins.module_utils._ves import is_owned
+from ansible_collections.osvirt.vz.plugins.module_utils._ve_config import is_owned
 
 import pytest
 

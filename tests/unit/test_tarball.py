@@ -10,6 +10,7 @@ import tarfile
 
 import pytest
 
+from ansible_collections.osvirt.vz.plugins.module_utils import _idshift
 from ansible_collections.osvirt.vz.plugins.module_utils import _template_build as tb
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 
@@ -118,10 +119,10 @@ def test_tarball_options_need_a_checksum(tmp_path):
 
 def test_capability_shift_round_trip():
     v2 = (0x02000000 | 1).to_bytes(4, 'little') + bytes(range(16))
-    v3 = tb.shift_capability(v2, 100000)
+    v3 = _idshift.shift_capability(v2, 100000)
     assert len(v3) == 24 and int.from_bytes(v3[:4], 'little') == 0x03000001
     assert int.from_bytes(v3[20:24], 'little') == 100000
-    assert tb.shift_capability(v3, 0) == v2
+    assert _idshift.shift_capability(v3, 0) == v2
 
 
 def test_mirror_from_host_sources():

@@ -3,8 +3,10 @@
 import pytest
 
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
-from ansible_collections.osvirt.vz.plugins.module_utils._ves import (
-    config_digest, derived_hwaddr, host_link_name, normalize_mounts, normalize_network, render_config, resolv_conf)
+from ansible_collections.osvirt.vz.plugins.module_utils._ve_net import (
+    derived_hwaddr, host_link_name, normalize_network, resolv_conf)
+from ansible_collections.osvirt.vz.plugins.module_utils._ve_config import config_digest, render_config
+from ansible_collections.osvirt.vz.plugins.module_utils._ves import normalize_mounts
 
 
 class FakeHost:
