@@ -139,24 +139,21 @@ class Store:
         if group == "fight":
             attach["ignore_unreachable"] = True
             attach["ignore_errors"] = True
+        create = dict(base, state="started", limits=self.limits(), ves=self.ves(names))
+        change = dict(base, state="started", limits=self.limits(second=True), ves=self.ves(names, second=True))
+        remove = dict(self.common(), state="absent", ves=[{"name": n} for n in names])
+        if lock_timeout is not None:
+            remove["lock_timeout"] = lock_timeout
+        as_hosts = dict(host_vars, name="{{ item }}", groups=group)
         return [
             {"hosts": "localhost", "gather_facts": False, "tasks": [
-                dict({"name": "create", "osvirt.vz.ve": dict(base, state="started", limits=self.limits(),
-                                                               ves=self.ves(names))}, **tolerant),
-                {"name": "VEs as hosts", "ansible.builtin.add_host": dict(host_vars, name="{{ item }}",
-                                                                          groups=group),
-                 "loop": names},
+                dict({"name": "create", "osvirt.vz.ve": create}, **tolerant),
+                {"name": "VEs as hosts", "ansible.builtin.add_host": as_hosts, "loop": names},
             ]},
             {"hosts": group, "gather_facts": False, "tasks": [attach]},
             {"hosts": "localhost", "gather_facts": False, "tasks": [
-                dict({"name": "limits", "osvirt.vz.ve": dict(base, state="started", limits=self.limits(second=True),
-                                                               ves=self.ves(names, second=True))},
-                     **tolerant),
-                dict({"name": "remove", "osvirt.vz.ve": dict(self.common(), state="absent",
-                                                               ves=[{"name": n} for n in names],
-                                                               **({"lock_timeout": lock_timeout}
-                                                                  if lock_timeout is not None else {}))},
-                     **tolerant),
+                dict({"name": "limits", "osvirt.vz.ve": change}, **tolerant),
+                dict({"name": "remove", "osvirt.vz.ve": remove}, **tolerant),
             ]},
         ]
 
