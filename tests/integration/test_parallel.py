@@ -35,7 +35,6 @@ import os
 import random
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -180,10 +179,10 @@ class Run:
 
     def wait(self, timeout):
         try:
-            self.output, _ = self.proc.communicate(timeout=timeout)
+            self.output = self.proc.communicate(timeout=timeout)[0]
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.output, _ = self.proc.communicate()
+            self.output = self.proc.communicate()[0]
         self.rc = self.proc.returncode
         try:
             data = json.loads(self.results_file.read_text())
