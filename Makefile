@@ -3,7 +3,7 @@
 # A fresh Debian 12 machine (as root) needs only:  make demo   and   make test
 # Both are safe to run again: every step checks what is already there.
 #
-#   make deps             host packages (apt) + controller venv .venv (pip, requirements.txt)
+#   make deps             host packages (apt) + controller venv .venv (pip, requirements.txt) + CRIU
 #   make collection-link  .build/collections/ansible_collections/osvirt/vz -> this repo
 #   make unit             pytest tests/unit              (no root)
 #   make lint             ansible-lint --profile production on roles/ and playbooks/
@@ -33,7 +33,7 @@ PYTHON_VERSION := 3.11
 # Host packages every part of the project relies on (LXC engine, template builds,
 # lab namespaces and sshd, the modules' pyroute2/lxc bindings, the venv itself, git and
 # shellcheck for ansible-test sanity). Keep in sync with the host role's defaults where they overlap.
-APT_PACKAGES := lxc debootstrap rsync busybox-static python3-pyroute2 python3-lxc uidmap btrfs-progs \
+APT_PACKAGES := lxc debootstrap rsync busybox-static python3-pyroute2 python3-lxc uidmap btrfs-progs acl libcap2-bin \
                 openssh-server iproute2 python3-venv util-linux iptables nftables git make shellcheck
 
 # Every recipe sees the venv first on PATH and finds the collection through the link.
@@ -46,7 +46,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 PYTEST := $(VENV)/bin/python -m pytest
 
-.PHONY: help deps deps-apt deps-venv collection-link unit integration sanity lint \
+.PHONY: help deps deps-apt deps-venv deps-criu collection-link unit integration sanity lint \
         test demo bench clean
 
 help:
@@ -54,7 +54,7 @@ help:
 
 # ---------------------------------------------------------------------------- deps
 
-deps: deps-apt deps-venv
+deps: deps-apt deps-venv deps-criu
 
 # dpkg-query on the whole list takes milliseconds, so it runs every time; apt-get
 # (and its slow `update`) only runs when something is missing.
@@ -82,6 +82,13 @@ deps-venv: deps-apt
 	  $(VENV)/bin/python -m pip install -q -r $(REPO)/requirements.txt; \
 	  echo "$$want" > $(VENV)/.requirements.sha256; \
 	fi
+
+# CRIU for live migration, built once per host from Debian's newer source package and cached
+# in /var/cache/osvirt-vz/criu (see docs/criu.md). A second run returns at once. A failed
+# build prints why and does not stop `make deps` (live-migration tests then skip with that
+# reason), except with CI=true, where it fails.
+deps-criu: deps-apt
+	@$(REPO)/scripts/criu-build
 
 # -------------------------------------------------------------------- collection
 

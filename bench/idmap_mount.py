@@ -57,12 +57,18 @@ def idmapped_bind(source, target, base, count=65536):
     tree = libc.syscall(SYS_OPEN_TREE, -100, source.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
     if tree < 0:
         raise OSError(ctypes.get_errno(), 'open_tree %s' % source)
-    attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd(base, count))
-    if libc.syscall(SYS_MOUNT_SETATTR, tree, b'', AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
-                    ctypes.sizeof(attr)) != 0:
-        raise OSError(ctypes.get_errno(), 'mount_setattr(MOUNT_ATTR_IDMAP) on %s' % source)
-    if libc.syscall(SYS_MOVE_MOUNT, tree, b'', -100, target.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
-        raise OSError(ctypes.get_errno(), 'move_mount to %s' % target)
+    nsfd = userns_fd(base, count)
+    try:
+        attr = MountAttr(MOUNT_ATTR_IDMAP, 0, 0, nsfd)
+        if libc.syscall(SYS_MOUNT_SETATTR, tree, b'', AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr),
+                        ctypes.sizeof(attr)) != 0:
+            raise OSError(ctypes.get_errno(), 'mount_setattr(MOUNT_ATTR_IDMAP) on %s' % source)
+        if libc.syscall(SYS_MOVE_MOUNT, tree, b'', -100, target.encode(), MOVE_MOUNT_F_EMPTY_PATH) != 0:
+            raise OSError(ctypes.get_errno(), 'move_mount to %s' % target)
+    finally:
+        # an open tree fd keeps the mount busy: umount would fail while this process lives
+        os.close(tree)
+        os.close(nsfd)
 
 
 if __name__ == '__main__':

@@ -8,9 +8,11 @@ Layout (under ``<vz_root>/templates``)::
 
     <name>/<version>/rootfs/          the published tree, owned by host ids, never changed
     <name>/<version>/manifest.json    name, version, parent, os, arch, packages, created, checksum
-    <name>/<version>/idmap/<uid>-<gid>-<count>/rootfs/
+    <name>/<version>/idmap/<uid>-<gid>-<count>-f<format>/rootfs/
                                       the same tree shifted to an unprivileged id range (a cache,
-                                      built once per range and shared by every VE on it)
+                                      built once per range and shared by every VE on it; the
+                                      format says which ids ``_idshift`` moves, so copies made
+                                      by an older release are made again, at a new path)
 
 A version is built in ``<vz_root>/.tmp`` and published by one rename, so a half-built template is
 never visible. Versions are UTC time stamps, so they sort by build time and ``name`` alone means
@@ -27,10 +29,9 @@ import subprocess
 import tempfile
 import time
 
-from . import _validate
+from . import _idshift, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
-from ._idshift import shift_tree
 from ._locks import Lock
 
 
@@ -104,9 +105,15 @@ class TemplateStore:
 
     # -- unprivileged copies --------------------------------------------------------------
     def shifted_rootfs(self, name, version, idmap, create=True):
-        """Path of the copy of a version owned by ``idmap``'s ids; built once under the template lock."""
+        """Path of the copy of a version owned by ``idmap``'s ids; built once under the template lock.
+
+        The path carries ``SHIFT_FORMAT``: a copy an older release shifted (owners only, ACLs left
+        pointing at host ids) is never used again; a VE configured on it sees a config change and
+        moves to the new copy at its next start. The old copy stays (a running VE may still have
+        it as a lower layer) until its version is removed.
+        """
         base = self.version_dir(name, version)
-        key = '%d-%d-%d' % (idmap.uid, idmap.gid, idmap.count)
+        key = '%d-%d-%d-f%d' % (idmap.uid, idmap.gid, idmap.count, _idshift.SHIFT_FORMAT)
         target = os.path.join(base, 'idmap', key)
         rootfs = os.path.join(target, 'rootfs')
         if os.path.isdir(rootfs) or not create:
@@ -119,7 +126,7 @@ class TemplateStore:
             try:
                 os.chmod(staging, 0o711)
                 _copy_tree(os.path.join(base, 'rootfs'), os.path.join(staging, 'rootfs'))
-                shift_tree(os.path.join(staging, 'rootfs'), idmap)  # setuid bits and file capabilities kept
+                _idshift.shift_tree(os.path.join(staging, 'rootfs'), idmap)   # every id: owners, ACLs, capabilities
                 os.rename(staging, target)
             except BaseException:
                 remove_tree(staging)

@@ -21,7 +21,7 @@ OWNED_PREFIXES = (
     'lxc.uts.', 'lxc.rootfs.', 'lxc.idmap', 'lxc.mount.', 'lxc.cap.', 'lxc.seccomp.',
     'lxc.apparmor.', 'lxc.cgroup.dir', 'lxc.cgroup.devices.', 'lxc.cgroup2.devices.',
     'lxc.signal.', 'lxc.start.', 'lxc.net.', 'lxc.log.', 'lxc.tty.', 'lxc.pty.', 'lxc.autodev',
-    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop',
+    'lxc.include', 'lxc.hook.start-host', 'lxc.hook.post-stop', 'lxc.console.path',
 ) + _limits.OWNED_PREFIXES
 
 # The host role's LXC hook: anti-spoofing filter and network rate of a VE at every start (lxc-autostart too).
@@ -63,9 +63,11 @@ def render_config(host, meta, lower_dirs, init, limit_items=()):
         ('lxc.mount.auto', 'proc:mixed sys:mixed cgroup:mixed'),
         ('lxc.cap.drop', DROPPED_CAPABILITIES),
         ('lxc.seccomp.profile', SECCOMP_PROFILE),
-        ('lxc.tty.max', '4'),
+        ('lxc.tty.max', str(meta.get('ttys') or 0)),     # 0 keeps the VE checkpointable (docs/criu.md)
         ('lxc.pty.max', '1024'),
     ]
+    if meta.get('console') is False:
+        items.append(('lxc.console.path', 'none'))   # LXC 5.0 restores a checkpoint only without one
     if meta.get('apparmor'):
         items += [('lxc.apparmor.profile', 'generated'), ('lxc.apparmor.allow_nesting', '0')]
     items += [('lxc.cgroup.devices.deny', 'a')] + [('lxc.cgroup.devices.allow', d) for d in _DEVICES]

@@ -29,7 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _limits, _quota, _validate
+from . import _boot, _limits, _quota, _validate
 from ._engine.config import LxcConfig
 from ._errors import VzError
 from ._fs import atomic_write, disk_usage, remove_tree, write_inside, write_json
@@ -49,6 +49,8 @@ SPEC_DEFAULTS = {
     'mounts': [],
     'network': [],
     'privileged': False,
+    'ttys': 0,                 # lxc.tty.max; 0 keeps the VE checkpointable (CRIU, docs/criu.md)
+    'console': True,           # false: lxc.console.path = none, which LXC 5.0's restore needs
     'owner': None,
 }
 SPEC_KEYS = ('template',) + tuple(SPEC_DEFAULTS) + ('limits',)
@@ -149,13 +151,22 @@ class VeManager(VeOps):
     """Brings VEs of one host to the state tasks ask for, with the steps of ``VeOps``."""
 
     def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30, workers=4,
-                 overcommit=None):
+                 overcommit=None, wait_for=None, wait_timeout=300):
         super().__init__(host, client, stop_timeout=stop_timeout, overcommit=overcommit)
         self._pending_limits = {}
         self._parents_ready = set()
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
-        self.workers = workers
+        # VEs worked on at once. With wait_for, a worker waits for its VE's boot before it takes
+        # the next one, so this also bounds how many VEs boot at the same time (no boot storm).
+        if int(workers) < 1:
+            raise VzError('start_concurrency must be at least 1, got %s' % workers)
+        self.workers = int(workers)
+        if wait_for is not None and wait_for not in _boot.WAIT_FOR:
+            raise VzError('wait_for must be one of %s, got %r' % (', '.join(_boot.WAIT_FOR), wait_for))
+        if int(wait_timeout) < 1:
+            raise VzError('wait_timeout must be at least 1 (seconds), got %s' % wait_timeout)
+        self.wait_for, self.wait_timeout = wait_for, int(wait_timeout)
 
     # -- desired state --------------------------------------------------------------------
     def desired_meta(self, spec, meta):
@@ -175,6 +186,8 @@ class VeManager(VeOps):
         if new.get('hostname') is not None and not _validate.VE_NAME_RE.fullmatch(new['hostname']) and not \
                 all(_validate.VE_NAME_RE.fullmatch(p) for p in new['hostname'].split('.')):
             raise VzError('VE %s: invalid hostname %r' % (name, new['hostname']))
+        if not isinstance(new['ttys'], int) or isinstance(new['ttys'], bool) or not 0 <= new['ttys'] <= 16:
+            raise VzError('VE %s: ttys must be a number from 0 to 16, got %r' % (name, new['ttys']))
         if meta and bool(meta.get('privileged')) != bool(new['privileged']):
             raise VzError('VE %s: privileged cannot change on an existing VE (its files are owned by other '
                           'ids); create a new VE instead' % name)
@@ -507,7 +520,13 @@ class VeManager(VeOps):
             result['error_details'] = {k: v for k, v in details.items() if k in ('cmd', 'rc', 'stdout', 'stderr')}
             return result
         meta = plan['new_meta'] or plan['meta'] or {'name': name}
-        return self._result(plan, meta, state, pid, done)
+        result = self._result(plan, meta, state, pid, done)
+        if self.wait_for and state == 'running':
+            init = (plan.get('manifest') or {}).get('init') or {}
+            boot = _boot.wait_booted(self.client, name, init.get('system'), self.wait_timeout)
+            result['ve']['boot'] = boot
+            result['error'] = _boot.boot_error(name, boot, self.wait_for, self.wait_timeout)
+        return result
 
     # -- steps ----------------------------------------------------------------------------
     def _step_create(self, plan):

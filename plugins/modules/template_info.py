@@ -72,7 +72,8 @@ templates:
       description:
         - One entry per version with C(version), C(ref) (C(name@version)), C(newest), C(created), C(size) (bytes),
           C(checksum), C(parent), C(os), C(arch), C(source) (how it was built), C(packages) (count), C(ves) (VEs
-          using it), C(children) (versions stacked on it), C(in_use), C(idmaps) (id ranges with a shifted copy)
+          using it), C(children) (versions stacked on it), C(in_use), C(idmaps) (shifted copies, C(<uid>-<gid>-<count>-f<format>);
+          a name without C(-f<format>) is a copy an older release made, no longer used)
           and C(shifted_bytes).
       type: list
       elements: dict
@@ -83,7 +84,7 @@ templates:
       versions:
         - {version: "20261201-080000", ref: busybox@20261201-080000, newest: true, created: "2026-12-01T08:00:00Z",
            size: 2150400, checksum: "sha256:4f1c...", parent: null, os: busybox, arch: x86_64, source: busybox,
-           packages: 1, ves: [web1], children: [], in_use: true, idmaps: [100000-100000-65536],
+           packages: 1, ves: [web1], children: [], in_use: true, idmaps: [100000-100000-65536-f2],
            shifted_bytes: 2150400}
 ves:
   description: VEs on the listed templates, with C(name), C(template), C(template_name), C(template_version),

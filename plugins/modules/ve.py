@@ -145,6 +145,12 @@ options:
       privileged:
         description: Like O(privileged).
         type: bool
+      ttys:
+        description: Like O(ttys).
+        type: int
+      console:
+        description: Like O(console).
+        type: bool
       owner:
         description: Like O(owner).
         type: str
@@ -213,6 +219,21 @@ options:
       - Run the VE without a user namespace, so root inside is root on the host. Opt-in only; the result
         carries a warning. Cannot change on an existing VE. New VEs default to V(false).
     type: bool
+  ttys:
+    description:
+      - How many virtual terminals (C(/dev/tty1) and up, C(lxc.tty.max)) the VE gets, for gettys that
+        C(lxc-console -t N) reaches. The VE's console (C(/dev/console), C(lxc-console -t 0)) is there either way.
+      - VEs default to V(0) because CRIU cannot checkpoint a VE with terminals, so V(0) keeps the VE ready for
+        live migration; any other value rules live migration out (see docs/criu.md). 0 to 16.
+      - A change takes effect at the next start of the VE.
+    type: int
+  console:
+    description:
+      - Give the VE a console (C(/dev/console), reached with C(lxc-console -t 0)). New VEs default to V(true).
+      - V(false) sets C(lxc.console.path = none). LXC 5.0 cannot restore a checkpoint of a VE that has a console,
+        so live migration (CRIU) needs V(false) together with O(ttys=0) (see docs/criu.md).
+      - A change takes effect at the next start of the VE.
+    type: bool
   owner:
     description: Free-form owner recorded in the VE's metadata (team, ticket, pipeline).
     type: str
@@ -250,6 +271,30 @@ options:
     description: Seconds to wait for another operation on the same VE before failing with "VE x is busy".
     type: int
     default: 60
+  start_concurrency:
+    description:
+      - How many VEs of the task are worked on at the same time (bulk form O(ves)).
+      - With O(wait_for), a VE counts until its boot has finished, so this is also how many VEs boot at
+        once. Hundreds of systemd VEs started together compete for CPU and the shared kernel limits; a few
+        at a time finish sooner and cleaner.
+    type: int
+    default: 4
+  wait_for:
+    description:
+      - After a VE is started (or found running), wait until its init says the boot has finished.
+      - Where the template's init is systemd, C(systemctl is-system-running) is asked once a second inside
+        the VE. V(running) needs the state C(running); V(booted) also accepts C(degraded) (some unit
+        failed). The failed units are named in the result (C(boot) of each VE) and in the error.
+      - An init that cannot report its boot (busybox) counts as booted when LXC reports the VE running.
+      - A VE that does not boot as asked within O(wait_timeout) fails the task for that VE; it is left
+        running, so its journal can be read.
+      - Unset, the task returns as soon as LXC has started each VE's init.
+    type: str
+    choices: [running, booted]
+  wait_timeout:
+    description: Seconds each VE may take to boot with O(wait_for).
+    type: int
+    default: 300
 notes:
   - Every VE's cgroup is C(<cgroup_parent>/<name>), its LXC monitor's C(<cgroup_parent>.monitor/<name>).
   - The LXC config is C(<vz_root>/ves/<name>/config); keys the module does not own are kept.
@@ -309,6 +354,14 @@ EXAMPLES = r'''
         network: [{ipv4: [10.20.0.12/24]}]
       - name: app3
         state: stopped
+
+- name: Boot systemd VEs two at a time, each until systemd says it is running
+  osvirt.vz.ve:
+    template: debian-12
+    ves: [{name: app1}, {name: app2}, {name: app3}, {name: app4}, {name: app5}, {name: app6}]
+    start_concurrency: 2
+    wait_for: running
+    wait_timeout: 180
 
 - name: Share a host directory read-only
   osvirt.vz.ve:
@@ -374,6 +427,14 @@ ve:
     pid:
       description: PID of the VE's init on the host, when running.
       type: int
+    boot:
+      description:
+        - With O(wait_for), how the VE's boot ended, C(state) (systemd's word, for example C(running),
+          C(degraded), C(starting)), C(failed_units) (names), C(seconds) (waited), C(timed_out) and
+          C(method) (C(systemctl), or C(lxc) for an init that cannot tell).
+      returned: with O(wait_for), for running VEs
+      type: dict
+      sample: {state: degraded, failed_units: [dev-mqueue.mount], seconds: 7.0, timed_out: false, method: systemctl}
     limits:
       description: The VE's limits with unit strings.
       type: dict
@@ -446,6 +507,8 @@ VE_OPTIONS = {
     'mounts': {'type': 'list', 'elements': 'dict', 'options': MOUNT_OPTIONS},
     'network': {'type': 'list', 'elements': 'dict', 'options': NETWORK_OPTIONS},
     'privileged': {'type': 'bool'},
+    'ttys': {'type': 'int'},
+    'console': {'type': 'bool'},
     'owner': {'type': 'str'},
     'limits': {'type': 'dict'},
 }
@@ -462,7 +525,10 @@ def argument_spec():
                 force={'type': 'bool', 'default': False},
                 overcommit={'type': 'float'},
                 stop_timeout={'type': 'int', 'default': 30},
-                lock_timeout={'type': 'int', 'default': 60})
+                lock_timeout={'type': 'int', 'default': 60},
+                start_concurrency={'type': 'int', 'default': 4},
+                wait_for={'type': 'str', 'choices': ['running', 'booted']},
+                wait_timeout={'type': 'int', 'default': 300})
     return spec
 
 
@@ -484,7 +550,8 @@ def main():
         host = host_from(module)
         manager = VeManager(host, client_for(host), check_mode=module.check_mode,
                             lock_timeout=module.params['lock_timeout'], stop_timeout=module.params['stop_timeout'],
-                            overcommit=module.params['overcommit'])
+                            overcommit=module.params['overcommit'], workers=module.params['start_concurrency'],
+                            wait_for=module.params['wait_for'], wait_timeout=module.params['wait_timeout'])
         results = manager.ensure(specs_from(module.params), restart=module.params['restart'])
         bulk = module.params['ves'] is not None
         out = {

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from vzlib import host_role_sysctls, restore_sysctls
+
 pytestmark = pytest.mark.integration
 
 MODULE_PYTHON = "/usr/bin/python3"
@@ -49,8 +51,22 @@ def preconditions():
         pytest.skip(reason)
 
 
+@pytest.fixture
+def kept_sysctls():
+    """The kernel limits the role raises are machine-wide: put them back afterwards."""
+    saved = host_role_sysctls()
+    try:
+        yield
+    finally:
+        restore_sysctls(saved)
+
+
 def run_role(tmp_path, extra_vars=None, check=False):
-    """Run the role on localhost; return (rc, stdout+stderr, (ok, changed, failed) or None)."""
+    """Run the role on localhost; return (rc, stdout+stderr, (ok, changed, failed) or None).
+
+    The role's sysctl file goes to ``tmp_path`` (not /etc/sysctl.d): tests leave the machine's
+    boot configuration alone."""
+    extra_vars = dict({"host_sysctl_file": str(tmp_path / "60-osvirt-vz.conf")}, **(extra_vars or {}))
     playbook = tmp_path / "host.yml"
     playbook.write_text(json.dumps([{
         "hosts": "localhost",
@@ -79,7 +95,7 @@ def _mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_host_role_twice_second_run_unchanged(preconditions, tmp_path):
+def test_host_role_twice_second_run_unchanged(preconditions, kept_sysctls, tmp_path):
     rc, out, recap = run_role(tmp_path)
     assert rc == 0, out
     assert recap is not None and recap[2] == 0, out
@@ -116,6 +132,11 @@ def test_host_role_twice_second_run_unchanged(preconditions, tmp_path):
         assert "ExecStop=/usr/bin/lxc-autostart -s -P /var/lib/vz/ves" in unit
     else:
         assert "'/usr/bin/lxc-autostart -P /var/lib/vz/ves' at boot" in out
+
+    # kernel limits for the default 200 VEs: in the role's file and live
+    conf = (tmp_path / "60-osvirt-vz.conf").read_text()
+    assert "fs.inotify.max_user_instances = " in conf and "kernel.keys.maxkeys = " in conf
+    assert int(Path("/proc/sys/fs/inotify/max_user_instances").read_text()) >= 25600
 
     # second run and a check-mode run change nothing
     rc, out, recap = run_role(tmp_path)

@@ -29,7 +29,8 @@ def role_play(vz_root, filesystem):
     return [{"hosts": "localhost", "gather_facts": False, "roles": [{
         "role": "osvirt.vz.host",
         "vars": {"host_vz_root": str(vz_root), "host_vz_filesystem": filesystem,
-                 "host_install_packages": False, "host_cgroup_parent": "vzrq"}}]}]
+                 "host_install_packages": False, "host_cgroup_parent": "vzrq",
+                 "host_sysctl": False}}]}]   # machine-wide: test_host_role_sysctl.py
 
 
 def changed_tasks(run):

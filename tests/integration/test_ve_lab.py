@@ -19,7 +19,21 @@ from vzlib import play
 
 LAB_HOSTS = "vz_hosts"   # the inventory group of `lab inventory`
 GATEWAY = "10.20.0.1"
-ADDRESSES = ["10.20.0.201", "10.20.0.202", "10.20.0.203"]
+# The lab hosts' VE bridges share one L2 segment (the lab LAN), so the VEs of the same name on
+# both hosts get addresses of their host's block (lab1 10.20.0.16/28, lab2 10.20.0.32/28) and
+# MACs of their host, as VEs on one segment must.
+ADDRESSES = {"lab1": ["10.20.0.20", "10.20.0.21", "10.20.0.22"],
+             "lab2": ["10.20.0.36", "10.20.0.37", "10.20.0.38"]}
+
+
+def _ves_per_host(names):
+    """The ``ves`` list for both hosts: the same names, the host's addresses and MACs (Jinja)."""
+    ves = []
+    for i, name in enumerate(names):
+        address = "10.20.0.{{ 16 * (inventory_hostname[3:] | int) + %d }}/24" % (4 + i)
+        hwaddr = "02:c6:12:bb:{{ '%%02x' | format(inventory_hostname[3:] | int) }}:%02x" % i
+        ves.append({"name": name, "network": [{"ipv4": [address], "gateway4": GATEWAY, "hwaddr": hwaddr}]})
+    return ves
 
 
 def _lab_ping(lab, host, address, attempts=5):
@@ -41,7 +55,7 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
     template = "bbx-" + secrets.token_hex(3)
     prefix = "l" + secrets.token_hex(2)
     names = ["%s-%s" % (prefix, s) for s in ("a", "b", "c")]
-    ves = [{"name": n, "network": [{"ipv4": [a + "/24"], "gateway4": GATEWAY}]} for n, a in zip(names, ADDRESSES)]
+    ves = _ves_per_host(names)
     try:
         # the template: four steps on both hosts at once
         result = four_steps({"osvirt.vz.template": {"name": template, "source": {"type": "busybox"}}},
@@ -62,18 +76,18 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
             assert sorted(real["actions"]) == sorted(["create %s" % n for n in names] +
                                                      ["start %s" % n for n in names])
             assert [v["name"] for v in again["ves"]] == names
-            for ve, address in zip(again["ves"], ADDRESSES):
+            for ve, address in zip(again["ves"], ADDRESSES[host]):
                 assert ve["state"] == "running" and ve["ips"] == [address], ve
                 assert ve["template"] == "%s@%s" % (template, versions[host])
                 assert isinstance(ve["pid"], int)
 
         for host in hosts:
             parent = "vzlab-" + host
-            for name, address in zip(names, ADDRESSES):
+            for name, address in zip(names, ADDRESSES[host]):
                 # the VE's cgroup is under the lab host's parent, seen on the machine
                 assert Path("/sys/fs/cgroup/memory", parent, name).is_dir(), (host, name)
                 assert _lab_state(lab, host, name) == "RUNNING"
-                # reachable from inside its own host (each host has its own 10.20.0.0/24)
+                # reachable from inside its own host
                 assert _lab_ping(lab, host, address), "%s on %s is not pingable" % (name, host)
             hostname = lab.exec(host, "lxc-attach", "-P", "/var/lib/vz/ves", "-n", names[0], "--",
                                 "hostname").stdout.strip()
@@ -98,8 +112,8 @@ def test_template_and_bulk_ves_on_two_lab_hosts(lab, four_steps, run_playbook):
         assert run.task("stop", host=hosts[0]).changed
         assert _lab_state(lab, hosts[0], names[0]) == "STOPPED"
         assert _lab_state(lab, hosts[1], names[0]) == "RUNNING"
-        assert _lab_ping(lab, hosts[1], ADDRESSES[0])
-        assert not _lab_ping(lab, hosts[0], ADDRESSES[0], attempts=1)
+        assert _lab_ping(lab, hosts[1], ADDRESSES[hosts[1]][0])
+        assert not _lab_ping(lab, hosts[0], ADDRESSES[hosts[0]][0], attempts=1)
 
         # state absent on both hosts
         run = run_playbook(play([{"name": "absent", "osvirt.vz.ve": {

@@ -18,6 +18,9 @@ tests/integration on sys.path (no ``__init__.py`` here, default ``prepend`` impo
     lxc-stop -k every active container under ``lxcpath``.
 ``new_cgroup_parent()``
     A fresh random cgroup parent name (``vzt-<hex>``) for one test.
+``host_role_sysctls()`` / ``restore_sysctls(saved)``
+    The current values of every sysctl the host role may raise (those this host has), and
+    putting them back: they are machine-wide, so a test that runs the role restores them.
 ``VeStore(root, parent, version, prefix, run)``
     One test's VE store (vz_root, cgroup parent, template version, VE name prefix, playbook
     runner) with the task builders and lxc queries the VE tests share; they subclass it.
@@ -131,3 +134,21 @@ def settle_cgroups(parent, name, timeout=20):
                 os.rmdir(current)
             except OSError:
                 pass
+
+
+def _sysctl_path(key):
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def host_role_sysctls():
+    """{key: value text} of the sysctls in roles/host/vars/main.yml that this host has."""
+    import yaml  # pylint: disable=import-outside-toplevel
+    spec = Path(__file__).resolve().parents[2] / "roles" / "host" / "vars" / "main.yml"
+    keys = yaml.safe_load(spec.read_text())["host_sysctl_wanted"]
+    return {key: _sysctl_path(key).read_text().strip() for key in keys if _sysctl_path(key).exists()}
+
+
+def restore_sysctls(saved):
+    """Write back what ``host_role_sysctls`` returned."""
+    for key, value in saved.items():
+        _sysctl_path(key).write_text(value + "\n")

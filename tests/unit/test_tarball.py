@@ -10,7 +10,6 @@ import tarfile
 
 import pytest
 
-from ansible_collections.osvirt.vz.plugins.module_utils import _idshift
 from ansible_collections.osvirt.vz.plugins.module_utils import _template_build as tb
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 
@@ -115,14 +114,6 @@ def test_tarball_options_need_a_checksum(tmp_path):
         tb.validate_source({'type': 'tarball', 'url': str(tmp_path / 'nope.tar'), 'sha256': 'a' * 64})
     with pytest.raises(VzError, match='use a local path'):
         tb.validate_source({'type': 'tarball', 'url': 'ftp://example/t.tar', 'sha256': 'a' * 64})
-
-
-def test_capability_shift_round_trip():
-    v2 = (0x02000000 | 1).to_bytes(4, 'little') + bytes(range(16))
-    v3 = _idshift.shift_capability(v2, 100000)
-    assert len(v3) == 24 and int.from_bytes(v3[:4], 'little') == 0x03000001
-    assert int.from_bytes(v3[20:24], 'little') == 100000
-    assert _idshift.shift_capability(v3, 0) == v2
 
 
 def test_mirror_from_host_sources():
