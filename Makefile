@@ -9,6 +9,7 @@
 #   make lint             ansible-lint --profile production on roles/ and playbooks/
 #   make sanity           ansible-test sanity on a copy of the collection (see tests/sanity/README.md)
 #   make integration      pytest tests/integration       (root, real LXC)
+#   make soak-kill        the kill suite with VZ_KILL_POINTS (default 600) kill points
 #   make test             all of the above, fastest and cheapest first
 #   make demo             playbooks/demo.yml against localhost
 #   make bench            bench/run with .venv-bench (requirements-bench.txt)
@@ -47,7 +48,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 PYTEST := $(VENV)/bin/python -m pytest
 
 .PHONY: help deps deps-apt deps-venv deps-criu collection-link unit integration sanity lint \
-        test demo bench clean
+        test demo bench clean soak-kill
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -109,6 +110,14 @@ unit: deps-venv collection-link
 
 integration: deps collection-link
 	$(PYTEST) tests/integration
+
+# The kill suite of `make integration` (tests/integration/test_kill.py, 60 kill points) scaled
+# up: VZ_KILL_POINTS=<n> kill points in all, VZ_KILL_SEED=<seed> to replay a run. The lab part
+# holds the machine's lab lock; figures go to .build/kill-report.json (see docs/robustness.md).
+VZ_KILL_POINTS ?= 600
+soak-kill: deps collection-link
+	VZ_KILL_POINTS=$(VZ_KILL_POINTS) $(PYTEST) tests/integration/test_kill.py -k 'not lab' -q
+	VZ_KILL_POINTS=$(VZ_KILL_POINTS) flock /run/osvirt-lab.lock $(PYTEST) tests/integration/test_kill.py -k lab -q
 
 lint: deps-venv collection-link
 	@targets=$$(for d in roles playbooks; do \

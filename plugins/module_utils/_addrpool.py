@@ -25,6 +25,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import secrets
 import socket
 import tempfile
 import time
@@ -36,6 +37,8 @@ from ._locks import Lock
 
 # crash leftovers (".new-*" temporary leases, ".old-*" leases set aside) older than this are removed
 _LEFTOVER_AGE = 3600.0
+# where an unnamed (O_TMPFILE) lease is found until it is linked under its address
+_PROC_FD = '/proc/self/fd/'
 # a lease file is tiny; anything larger is not ours
 _MAX_LEASE_BYTES = 4096
 # how often one address is looked at again when other processes keep changing its lease
@@ -169,8 +172,7 @@ class Leases:
                 if lease.get('interface') == ifname:
                     return False
                 # the same VE now has the address on another interface: the lease follows
-                os.rename(tmp, self._path(text))
-                self._sync_directory()
+                self._replace(tmp, text)
                 return True
         self._check_readable(lease)
         raise VzError('address %s is already used by VE %s (interface %s) on this host'
@@ -370,8 +372,22 @@ class Leases:
         """A complete, fsynced lease of ``ve`` in a temporary file of the lease directory.
 
         Its content does not depend on the address, so one file (and one fsync) serves every
-        name tried: under contention a lost race costs one ``link`` call.
+        name tried: under contention a lost race costs one ``link`` call. The file has no name of
+        its own (O_TMPFILE, linked through /proc/self/fd): a run killed at any moment leaves no
+        temporary lease behind. File systems without O_TMPFILE get a ``.new-*`` file instead.
         """
+        try:
+            fd = os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            try:
+                os.write(fd, _content(ve, ifname))
+                os.fsync(fd)
+                yield '%s%d' % (_PROC_FD, fd)
+            finally:
+                os.close(fd)
+            return
         fd, tmp = tempfile.mkstemp(prefix='.new-', dir=self.directory)
         try:
             with os.fdopen(fd, 'wb') as handle:
@@ -385,10 +401,29 @@ class Leases:
             except OSError:
                 pass
 
+    def _replace(self, tmp, text):
+        """Put the prepared lease ``tmp`` in place of the lease of ``text`` (one rename)."""
+        if tmp.startswith(_PROC_FD):   # an unnamed file needs a name to be renamed from
+            named = os.path.join(self.directory, '.new-%s' % secrets.token_hex(6))
+            self._link_to(tmp, named)
+            tmp = named
+        os.rename(tmp, self._path(text))
+        self._sync_directory()
+
+    def _link_to(self, tmp, path):
+        if tmp.startswith(_PROC_FD):   # an O_TMPFILE: linkat(..., AT_SYMLINK_FOLLOW) gives it the name
+            fds = os.open(_PROC_FD, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(tmp[len(_PROC_FD):], path, src_dir_fd=fds)
+            finally:
+                os.close(fds)
+        else:
+            os.link(tmp, path)
+
     def _link(self, tmp, text):
         """Give the prepared lease ``tmp`` the name ``text`` unless a lease has it; True when it did."""
         try:
-            os.link(tmp, self._path(text))
+            self._link_to(tmp, self._path(text))
         except FileExistsError:
             return False
         self._sync_directory()

@@ -89,15 +89,17 @@ class CgroupTree:
         """The directories of the VE parent cgroup that do not exist yet (what ensure_parent makes)."""
         return [path for path in self.parent_dirs(parent) if not os.path.isdir(path)]
 
-    def ensure_parent(self, parent):
-        """Make the VE parent cgroup in every hierarchy, ready for VEs; return what was changed.
+    def ensure_parent(self, parent, check_mode=False):
+        """Make the VE parent cgroup in every hierarchy, ready for VEs; return what was (or would be) changed.
 
         On a new host nothing has made it yet, and the files a limit needs (``pids.max``,
         ``blkio.bfq.weight``, every cgroup v2 interface file) exist only in cgroups below a root.
         cgroup v1 cpuset levels get the CPUs and memory nodes of the level above (a new cpuset
-        is empty and could hold no task); cgroup v2 levels get every controller the level above
-        offers enabled in ``cgroup.subtree_control``, root first, so VEs below can use them.
+        is empty and could hold no task), also when an earlier run was killed between making the
+        level and filling it; cgroup v2 levels get every VE controller the level above offers
+        enabled in ``cgroup.subtree_control``, root first, so VEs below can use them.
         Owned by root like the rest of the tree: LXC, running as root, makes each VE's cgroup in it.
+        With ``check_mode`` nothing is written; the list says what would be.
         """
         changed = []
         cpuset = self.v1.get('cpuset')
@@ -105,27 +107,32 @@ class CgroupTree:
             current = mount
             for part in parent.split('/'):
                 above, current = current, os.path.join(current, part)
-                if os.path.isdir(current):
-                    continue
-                try:
-                    os.mkdir(current, 0o755)
-                except FileExistsError:
-                    continue
-                changed.append(current)
+                if not os.path.isdir(current):
+                    changed.append(current)
+                    if check_mode:
+                        break
+                    try:
+                        os.mkdir(current, 0o755)
+                    except FileExistsError:
+                        changed.pop()
                 if mount == cpuset:
                     for name in ('cpuset.cpus', 'cpuset.mems'):
-                        _copy_if_empty(os.path.join(above, name), os.path.join(current, name))
+                        if _copy_if_empty(os.path.join(above, name), os.path.join(current, name), check_mode):
+                            changed.append('%s %s' % (current, name))
         if self.v2:
             current = self.v2
             for part in parent.split('/'):
-                changed += _enable_controllers(current)
+                changed += _enable_controllers(current, check_mode)
                 current = os.path.join(current, part)
-                try:
-                    os.mkdir(current, 0o755)
+                if not os.path.isdir(current):
                     changed.append(current)
-                except FileExistsError:
-                    pass
-            changed += _enable_controllers(current)
+                    if check_mode:
+                        return changed
+                    try:
+                        os.mkdir(current, 0o755)
+                    except FileExistsError:
+                        changed.pop()
+            changed += _enable_controllers(current, check_mode)
         return changed
 
     def ve_path(self, controller, parent, ve):
@@ -205,21 +212,23 @@ class CgroupTree:
             return None
 
 
-def _copy_if_empty(source, dest):
-    """Copy a cpuset list (cpus or mems) into a new cgroup whose own list is still empty."""
+def _copy_if_empty(source, dest, check_mode=False):
+    """Copy a cpuset list (cpus or mems) into a cgroup whose own list is still empty; True when it was empty."""
     with open(dest) as handle:
         if handle.read().strip():
-            return
-    with open(source) as handle:
-        value = handle.read().strip()
-    with open(dest, 'w') as handle:
-        handle.write(value)
+            return False
+    if not check_mode:
+        with open(source) as handle:
+            value = handle.read().strip()
+        with open(dest, 'w') as handle:
+            handle.write(value)
+    return True
 
 
-def _enable_controllers(directory):
+def _enable_controllers(directory, check_mode=False):
     """Enable in ``directory``'s subtree_control each VE controller it offers that is not yet enabled.
 
-    Returns ['<dir>/cgroup.subtree_control +name', ...] for what it enabled.
+    Returns ['<dir>/cgroup.subtree_control +name', ...] for what it enabled (or would, in check mode).
     """
     try:
         with open(os.path.join(directory, 'cgroup.controllers')) as handle:
@@ -232,7 +241,8 @@ def _enable_controllers(directory):
     for name in offered:
         if name in enabled or name not in VE_CONTROLLERS:
             continue
-        with open(os.path.join(directory, 'cgroup.subtree_control'), 'w') as handle:
-            handle.write('+' + name)
+        if not check_mode:
+            with open(os.path.join(directory, 'cgroup.subtree_control'), 'w') as handle:
+                handle.write('+' + name)
         done.append('%s +%s' % (os.path.join(directory, 'cgroup.subtree_control'), name))
     return done

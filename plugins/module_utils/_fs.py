@@ -16,6 +16,8 @@ import shutil
 import stat
 import tempfile
 
+from ._errors import VzError
+
 
 def atomic_write(path, data, mode=0o644):
     """Write ``data`` (str or bytes) to ``path`` so that readers see the old or the new file, never a mix."""
@@ -106,12 +108,22 @@ def write_json(path, value, mode=0o644):
 
 
 def read_json(path, default=None):
-    """Read a JSON file; return ``default`` when it does not exist."""
+    """Read a JSON file; return ``default`` when it does not exist.
+
+    A file that is not JSON (cut short by a full disk or a crash of something that did not write
+    atomically, or edited by hand) raises VzError naming it, never a bare decoding error.
+    """
     try:
         with open(path, 'rb') as handle:
-            return json.loads(handle.read().decode('utf-8'))
+            data = handle.read()
     except FileNotFoundError:
         return default
+    try:
+        return json.loads(data.decode('utf-8'))
+    except ValueError as exc:
+        raise VzError('%s is not valid JSON (%s): %s' % (
+            path, 'an empty file' if not data.strip() else exc,
+            'it was cut short (a full disk or a crash) or edited by hand; put it right or remove it'))
 
 
 def remove_tree(path):

@@ -11,7 +11,7 @@ import ipaddress
 import os
 from collections import namedtuple
 
-from . import _validate
+from . import _staging, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json
 
@@ -95,6 +95,8 @@ class Host:
         for sub, mode in (('templates', 0o711), ('ves', 0o711), ('.tmp', 0o700), ('locks', 0o700),
                           ('backups', 0o700)):
             make_dirs(os.path.join(self.vz_root, sub), mode)
+        # what a killed run left in .tmp (work directories nobody holds any more) goes now
+        _staging.sweep(self.tmp_dir)
 
     def check_reachable(self):
         """Refuse a store that an unprivileged VE's root cannot reach (a parent without o+x).

@@ -1,6 +1,7 @@
 # Copyright (c) osvirt developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Pulling files from another host with rsync over SSH (template copies; migration later).
+"""Files and commands between hosts over SSH: rsync pulls (template copies), pushes and remote
+commands (migration).
 
 PRIVATE: this file is internal to the osvirt.vz collection and may change at any time.
 
@@ -30,7 +31,7 @@ class Remote:
     """Another host reached with SSH as ``user`` with the private key ``ssh_key`` (a path here)."""
 
     def __init__(self, host, user='root', ssh_key=None, port=None, vz_root='/var/lib/vz', known_hosts=None,
-                 host_key_checking='accept-new', connect_timeout=10):
+                 host_key_checking='accept-new', connect_timeout=10, alive_interval=None):
         self.host = _remote_host(host)
         if not isinstance(user, str) or not USER_RE.fullmatch(user):
             raise VzError('invalid remote user %r: use a login name like root' % (user,))
@@ -46,6 +47,10 @@ class Remote:
                           % (host_key_checking, ', '.join(sorted(HOST_KEY_CHECKING))))
         self.host_key_checking = host_key_checking
         self.connect_timeout = int(connect_timeout)
+        # seconds between SSH keepalives; three missed ones end the connection (a cut link fails fast)
+        self.alive_interval = int(alive_interval) if alive_interval else None
+        # a socket path: the first connection becomes the master, later ones (rsync) ride on it
+        self.control_path = None
 
     def __str__(self):
         return '%s@%s' % (self.user, self.host)
@@ -60,7 +65,17 @@ class Remote:
             argv += ['-o', 'UserKnownHostsFile=%s' % self.known_hosts]
         if self.port:
             argv += ['-p', str(self.port)]
+        if self.alive_interval:
+            argv += ['-o', 'ServerAliveInterval=%d' % self.alive_interval, '-o', 'ServerAliveCountMax=3']
+        if self.control_path:
+            argv += ['-o', 'ControlMaster=auto', '-o', 'ControlPath=%s' % self.control_path,
+                     '-o', 'ControlPersist=no']
         return argv
+
+    def command_argv(self, argv):
+        """The argv that runs ``argv`` on the remote host. SSH joins the words into one line for the
+        remote shell, so each word is quoted here: the remote side sees exactly ``argv``."""
+        return self.ssh_argv() + ['--', self.host] + [shlex.quote(str(word)) for word in argv]
 
     def ssh_command(self):
         """The value of rsync's ``-e``: the validated argv, each part quoted."""
@@ -106,6 +121,36 @@ class Remote:
             argv += ['--exclude', pattern]
         argv += ['-e', self.ssh_command(), self.spec(path.rstrip('/') + '/'), dest.rstrip('/') + '/']
         self._run(argv, what)
+
+    def push(self, path, dest, what, filters=(), timeout=None):
+        """Copy the local directory ``path`` into the remote directory ``dest`` (same attributes as
+        ``pull``; ``filters`` are rsync filter rules such as ``+ /config``, ``- *``).
+
+        Returns ``{'files': bytes of the files that changed, 'sent': bytes on the wire}`` from
+        rsync's statistics, the figures a pre-copy round is judged by.
+        """
+        argv = ['rsync', '-aHAX', '--numeric-ids', '--delete', '--stats']
+        if timeout:
+            argv += ['--timeout=%d' % int(timeout)]
+        for rule in filters:
+            argv += ['--filter', rule]
+        argv += ['-e', self.ssh_command(), path.rstrip('/') + '/', self.spec(dest.rstrip('/') + '/')]
+        return rsync_stats(self._run(argv, what))
+
+
+def rsync_stats(text):
+    """``files`` (total transferred file size) and ``sent`` (total bytes sent) of rsync ``--stats``."""
+    figures = {'files': 0, 'sent': 0}
+    for line in text.splitlines():
+        key, _sep, value = line.partition(':')
+        number = value.strip().split(' ')[0].replace(',', '') if value else ''
+        if not number.isdigit():
+            continue
+        if key.strip() == 'Total transferred file size':
+            figures['files'] = int(number)
+        elif key.strip() == 'Total bytes sent':
+            figures['sent'] = int(number)
+    return figures
 
 
 def _remote_host(host):

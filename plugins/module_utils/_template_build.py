@@ -53,6 +53,8 @@ _COMPONENT_RE = re.compile(r'[a-z][a-z0-9-]{0,63}')
 _SHA256_RE = re.compile(r'[0-9a-f]{64}')
 _VARIANTS = ('minbase', 'buildd', '-')
 _MODE_RE = re.compile(r'0?[0-7]{3,4}')
+# name prefix of the throw-away VEs that layer builds run in (under ves/, where LXC finds them)
+BUILD_VE_PREFIX = 'tbuild-'
 
 _INTERFACES = """\
 # osvirt.vz: LXC configures the VE's interfaces and addresses (lxc.net.*) before init starts,
@@ -583,53 +585,111 @@ def build_layer(store, rootfs, source):
     idmap = host.idmap()
     lowers = store.lower_dirs(base, idmap)
     host.check_reachable()
-    name = 'tbuild-' + secrets.token_hex(4)
+    name = BUILD_VE_PREFIX + secrets.token_hex(4)
     client = LxcClient(host.ves_dir)
     directory = host.ve_dir(name)
-    os.mkdir(directory, 0o711)
+    # held while the build VE exists: a later build that can take it knows this one died
+    lock = Lock(host.locks_dir, 've', name, 'building a template layer').acquire()
     try:
-        private = os.path.join(directory, 'private')
-        for path in (private, os.path.join(private, 'upper'), os.path.join(private, 'work')):
-            os.mkdir(path, 0o755 if path != private else 0o711)
-            os.chown(path, idmap.uid, idmap.gid)
-        meta = {'name': name, 'idmap': dict(idmap._asdict()), 'cgroup_parent': host.cgroup_parent,
-                'network': [], 'mounts': [], 'apparmor': host.apparmor_enabled()}
-        items = []
-        for key, value in render_config(host, meta, lowers, base.get('init') or {}):
-            if key == 'lxc.net.0.type':
-                value = 'none'   # the host's network: the mirror is reachable from there only
-            elif key == 'lxc.mount.auto':
-                value = 'proc:mixed cgroup:mixed'   # no sysfs: only the owner of a network namespace mounts it
-            items.append((key, value))
-        items.append(('lxc.mount.entry', '/etc/resolv.conf etc/resolv.conf none bind,ro,create=file 0 0'))
-        config = LxcConfig()
-        config.replace_owned(is_owned, items)
-        config.set('lxc.init.cmd', '/bin/sleep infinity')
-        config.save(os.path.join(directory, 'config'))
-        try:
-            client.start(name, logfile=os.path.join(directory, 'lxc.log'))
-        except VzError as exc:
-            raise VzError('starting the build VE %s failed: %s; LXC log: %s'
-                          % (name, exc, log_tail(os.path.join(directory, 'lxc.log'))), **exc.details)
-        installed = _run_layer_steps(client, name, packages, files, commands)
-        client.kill(name)
-        upper = os.path.join(private, 'upper')
-        os.rmdir(rootfs)
-        os.rename(upper, rootfs)
+        os.mkdir(directory, 0o711)
+        installed = _build_in_ve(host, client, name, rootfs, base, lowers, idmap, (packages, files, commands))
     finally:
-        if client.state(name)['state'] not in ('stopped', 'absent'):
-            client.kill(name)
-        remove_tree(directory)
-        try:
-            CgroupTree().remove_stale(host.cgroup_parent, name)
-        except OSError:
-            pass
+        _remove_build_ve(host, client, name)
+        lock.release()
+        _unlink(lock.path)
     shift_tree(rootfs, idmap, back=True)
     _strip_overlay_xattrs(rootfs)
     os.chmod(rootfs, 0o755)
     return {'os': base.get('os'), 'release': base.get('release'), 'parent': '%s@%s' % (base['name'], base['version']),
             'parents': ['%s@%s' % (m['name'], m['version']) for m in store.layers(base)],
             'packages': installed, 'init': base.get('init') or {}}
+
+
+def _build_in_ve(host, client, name, rootfs, base, lowers, idmap, steps):
+    """Start the build VE on ``lowers``, run the layer's ``steps`` (packages, files, commands) in it and
+    move its upper dir to ``rootfs``; returns the installed packages."""
+    directory = host.ve_dir(name)
+    private = os.path.join(directory, 'private')
+    for path in (private, os.path.join(private, 'upper'), os.path.join(private, 'work')):
+        os.mkdir(path, 0o755 if path != private else 0o711)
+        os.chown(path, idmap.uid, idmap.gid)
+    meta = {'name': name, 'idmap': dict(idmap._asdict()), 'cgroup_parent': host.cgroup_parent,
+            'network': [], 'mounts': [], 'apparmor': host.apparmor_enabled()}
+    items = []
+    for key, value in render_config(host, meta, lowers, base.get('init') or {}):
+        if key == 'lxc.net.0.type':
+            value = 'none'   # the host's network: the mirror is reachable from there only
+        elif key == 'lxc.mount.auto':
+            value = 'proc:mixed cgroup:mixed'   # no sysfs: only the owner of a network namespace mounts it
+        items.append((key, value))
+    items.append(('lxc.mount.entry', '/etc/resolv.conf etc/resolv.conf none bind,ro,create=file 0 0'))
+    config = LxcConfig()
+    config.replace_owned(is_owned, items)
+    config.set('lxc.init.cmd', '/bin/sleep infinity')
+    config.save(os.path.join(directory, 'config'))
+    try:
+        client.start(name, logfile=os.path.join(directory, 'lxc.log'))
+    except VzError as exc:
+        raise VzError('starting the build VE %s failed: %s; LXC log: %s'
+                      % (name, exc, log_tail(os.path.join(directory, 'lxc.log'))), **exc.details)
+    installed = _run_layer_steps(client, name, *steps)
+    client.kill(name)
+    os.rmdir(rootfs)
+    os.rename(os.path.join(private, 'upper'), rootfs)
+    return installed
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_build_ve(host, client, name):
+    """Stop a build VE, remove its directory and cgroups (also one that a killed build left running)."""
+    directory = host.ve_dir(name)
+    parent = host.cgroup_parent
+    config = os.path.join(directory, 'config')
+    if os.path.isfile(config):   # the cgroup parent it was started under (host.json may have changed since)
+        found = LxcConfig.load(config).get_one('lxc.cgroup.dir.container') or ''
+        if found.endswith('/' + name):
+            parent = found[:-len(name) - 1]
+    if client.state(name)['state'] not in ('stopped', 'absent'):
+        client.kill(name)
+    remove_tree(directory)
+    cgroups = CgroupTree()
+    try:
+        cgroups.settle(parent, name)   # the killed VE's monitor may still be leaving its cgroups
+        cgroups.remove_stale(parent, name)
+    except OSError:
+        pass
+
+
+def remove_dead_build_ves(host):
+    """Remove the build VEs of layer builds that died (nobody holds their lock); returns their names.
+
+    A build VE runs ``sleep infinity``: a build killed midway leaves it running in ``ves/`` until the
+    next template build on the host takes it away here.
+    """
+    try:
+        names = sorted(n for n in os.listdir(host.ves_dir) if n.startswith(BUILD_VE_PREFIX))
+    except FileNotFoundError:
+        return []
+    removed = []
+    client = LxcClient(host.ves_dir)
+    for name in names:
+        try:
+            lock = Lock(host.locks_dir, 've', _validate.ve_name(name), 'removing a dead build VE', timeout=0).acquire()
+        except VzError:
+            continue   # a build in progress, or not a name of ours
+        try:
+            _remove_build_ve(host, client, name)
+            removed.append(name)
+        finally:
+            lock.release()
+            _unlink(lock.path)
+    return removed
 
 
 _APT_ENV = ['env', 'DEBIAN_FRONTEND=noninteractive', 'LC_ALL=C']
@@ -693,4 +753,5 @@ def build(store, name, source, check_mode=False, if_absent=False):
     validate_source(source, store)
     if check_mode:  # no lock: check mode must not even create the lock file
         return {'name': name, 'version': store.new_version(name), 'source': source}
+    remove_dead_build_ves(store.host)   # what a killed layer build left running
     return store.publish(name, source, lambda rootfs: BUILDERS[kind](store, rootfs, source), if_absent=if_absent)

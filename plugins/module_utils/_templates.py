@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 
-from . import _idshift, _validate
+from . import _idshift, _staging, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json, disk_usage
 from ._locks import Lock
@@ -122,15 +122,16 @@ class TemplateStore:
             if os.path.isdir(rootfs):
                 return rootfs
             make_dirs(os.path.join(base, 'idmap'), 0o711)
-            staging = tempfile.mkdtemp(prefix='shift-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+            staging = _staging.make(self.host.tmp_dir, 'shift-%s-%s-' % (name, version))
             try:
                 os.chmod(staging, 0o711)
                 _copy_tree(os.path.join(base, 'rootfs'), os.path.join(staging, 'rootfs'))
                 _idshift.shift_tree(os.path.join(staging, 'rootfs'), idmap)   # every id: owners, ACLs, capabilities
                 os.rename(staging, target)
             except BaseException:
-                remove_tree(staging)
+                _staging.discard(staging)
                 raise
+            _staging.release(staging)
         return rootfs
 
     # -- building -------------------------------------------------------------------------
@@ -155,11 +156,12 @@ class TemplateStore:
         the template lock counts: nothing is built and None is returned.
         """
         with Lock(self.host.locks_dir, 'template', name, 'building template %s' % name):
+            _staging.sweep(self.host.tmp_dir)   # what a killed build left: its work directory, mounts below it
+            _remove_if_empty(os.path.join(self.root, name))   # and the name of a first build that never published
             if if_absent and self.versions(name):
                 return None
             version = self.new_version(name)
-            make_dirs(os.path.join(self.root, name), 0o711)
-            staging = tempfile.mkdtemp(prefix='build-%s-' % name, dir=self.host.tmp_dir)
+            staging = _staging.make(self.host.tmp_dir, 'build-%s-' % name)
             try:
                 os.chmod(staging, 0o711)
                 rootfs = os.path.join(staging, 'rootfs')
@@ -176,19 +178,23 @@ class TemplateStore:
                 })
                 manifest.setdefault('parent', None)
                 write_json(os.path.join(staging, 'manifest.json'), manifest)
+                make_dirs(os.path.join(self.root, name), 0o711)   # the name appears with its first version
                 os.rename(staging, os.path.join(self.root, name, version))
             except BaseException:
-                remove_tree(staging)
+                _staging.discard(staging)
                 raise
+            _staging.release(staging)
         return manifest
 
     # -- removal --------------------------------------------------------------------------
     def remove_version(self, name, version):
         """Unpublish a version: rename it away first (atomic), then delete the files."""
         target = self.version_dir(name, version)
-        trash = tempfile.mkdtemp(prefix='trash-%s-%s-' % (name, version), dir=self.host.tmp_dir)
-        os.rename(target, os.path.join(trash, 'v'))
-        remove_tree(trash)
+        trash = _staging.make(self.host.tmp_dir, 'trash-%s-%s-' % (name, version))
+        try:
+            os.rename(target, os.path.join(trash, 'v'))
+        finally:
+            _staging.discard(trash)
         try:  # the last version gone: the template's name goes too
             os.rmdir(os.path.dirname(target))
         except OSError:
@@ -416,37 +422,58 @@ class TemplateStore:
         nothing is published and the staging directory is removed.
         """
         remote_path = '%s/templates/%s/%s' % (remote.vz_root, name, version)
-        make_dirs(os.path.join(self.root, name), 0o711)
-        staging = tempfile.mkdtemp(prefix='copy-%s-%s-' % (name, version), dir=self.host.tmp_dir)
+        staging = self.copy_staging(name, version)
         try:
             remote.pull(remote_path, staging, 'copying template %s@%s from %s' % (name, version, remote.host),
                         excludes=['/idmap/'])
+        except BaseException:
+            self.discard_copy(name, staging)
+            raise
+        return self.publish_copy(name, version, staging, remote.host)
+
+    def copy_staging(self, name, version):
+        """A new staging directory in .tmp for a copy of ``name@version`` that arrives from another host."""
+        return _staging.make(self.host.tmp_dir, 'copy-%s-%s-' % (name, version))
+
+    def discard_copy(self, name, staging):
+        """Remove a copy that will not be published, and the template directory a first copy made."""
+        _staging.discard(staging)
+        try:  # a first copy that failed leaves no empty template directory behind
+            os.rmdir(os.path.join(self.root, name))
+        except OSError:
+            pass
+
+    def publish_copy(self, name, version, staging, origin):
+        """Verify the copy of ``name@version`` in ``staging`` (from host ``origin``) and publish it by rename.
+
+        Both a pull (``copy_version``) and a push from another host (migration) end here. On any
+        mismatch nothing is published; the staging directory is removed in every case.
+        """
+        try:
             os.chmod(staging, 0o711)
             manifest = read_json(os.path.join(staging, 'manifest.json'))
             if not isinstance(manifest, dict) or manifest.get('name') != name or manifest.get('version') != version:
                 raise VzError('the copy of template %s@%s from %s has no valid manifest.json; nothing published'
-                              % (name, version, remote.host))
+                              % (name, version, origin))
             rootfs = os.path.join(staging, 'rootfs')
             if not os.path.isdir(rootfs) or os.path.islink(rootfs):
                 raise VzError('the copy of template %s@%s from %s has no rootfs; nothing published'
-                              % (name, version, remote.host))
+                              % (name, version, origin))
             actual = 'sha256:' + tree_checksum(rootfs)
             if actual != manifest.get('checksum'):
                 raise VzError('the copy of template %s@%s from %s does not match its manifest checksum (manifest %s, '
                               'copy %s): the source tree was changed or damaged; nothing published'
-                              % (name, version, remote.host, manifest.get('checksum'), actual),
+                              % (name, version, origin, manifest.get('checksum'), actual),
                               expected=manifest.get('checksum'), actual=actual)
             with Lock(self.host.locks_dir, 'template', name, 'copying template %s@%s' % (name, version)):
                 if version not in self.versions(name):
+                    make_dirs(os.path.join(self.root, name), 0o711)   # made only now: a kill leaves none
                     os.rename(staging, os.path.join(self.root, name, version))
         except BaseException:
-            try:  # a first copy that failed leaves no empty template directory behind
-                os.rmdir(os.path.join(self.root, name))
-            except OSError:
-                pass
+            self.discard_copy(name, staging)
             raise
         finally:
-            remove_tree(staging)
+            _staging.discard(staging)
         return manifest
 
     def copy_from(self, name, remote, version=None, check_mode=False):
@@ -464,6 +491,13 @@ class TemplateStore:
             for cname, cversion, _manifest in chain:
                 self.copy_version(cname, cversion, remote)
         return [(cname, cversion) for cname, cversion, _manifest in chain]
+
+
+def _remove_if_empty(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass   # missing, or holds versions
 
 
 def _copy_tree(src, dst):

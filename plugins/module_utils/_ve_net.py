@@ -60,6 +60,10 @@ def derived_hwaddr(ve, ifname):
     return '02:' + ':'.join('%02x' % b for b in digest[:5])
 
 
+# interfaces whose guard chains the removal of a VE with an unreadable ve.json looks for
+MAX_BROKEN_LINKS = 8
+
+
 def host_link_name(ve, index, parent='vz'):
     """Host-side name of a VE's veth: 'vz' + 8 hex digits of <cgroup parent>/<VE> + interface index.
 
@@ -565,9 +569,12 @@ class VeNetwork:
                     shaping_module().clear_shaping(iface['host_link'])
                 except VzError:
                     pass  # the IFB device goes with the VE's link; a leftover is reported by ve_info
-        antispoof = antispoof_module() if meta.get('network') else None
-        for iface in meta.get('network') or [] if antispoof is not None else []:
-            antispoof.remove_filter(iface['host_link'])
+        links = [iface['host_link'] for iface in meta.get('network') or []]
+        if meta.get('broken'):   # its interfaces are unknown (ve.json unreadable): the links its name gives
+            links = [host_link_name(name, index, self.host.cgroup_parent) for index in range(MAX_BROKEN_LINKS)]
+        antispoof = antispoof_module() if links else None
+        for link in links if antispoof is not None else []:
+            antispoof.remove_filter(link)
         if meta.get('network') or os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
             self.release(name)
 

@@ -14,13 +14,12 @@ PRIVATE: this file is internal to the osvirt.vz collection and may change at any
 from __future__ import annotations
 
 import os
-import tempfile
 
-from . import _limits, _quota, _validate
+from . import _limits, _quota, _staging, _validate
 from ._cgroups import CgroupTree
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import read_json, remove_tree, write_json
+from ._fs import read_json, write_json
 from ._templates import TemplateStore
 from ._ve_config import NET_HOOK, config_digest, is_owned, render_config
 from ._ve_net import VeNetwork, addresses_of
@@ -41,14 +40,24 @@ class VeOps:
         self.cgroups = CgroupTree()
 
     # -- reading --------------------------------------------------------------------------
-    def read_meta(self, name):
-        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours."""
+    def read_meta(self, name, broken_ok=False):
+        """ve.json of a VE, None when the VE does not exist; refuses directories that are not ours.
+
+        A ve.json that is not JSON (cut short) makes the VE broken: an error naming it, or with
+        ``broken_ok`` (removal, listing) ``{'name': name, 'broken': why}``.
+        """
         directory = self.host.ve_dir(name)
         if not os.path.lexists(directory):
             return None
         if os.path.islink(directory) or not os.path.isdir(directory):
             raise VzError('%s is not a directory made by osvirt.vz; refusing to manage VE %s' % (directory, name))
-        meta = read_json(os.path.join(directory, 've.json'))
+        try:
+            meta = read_json(os.path.join(directory, 've.json'))
+        except VzError as exc:
+            why = 'VE %s is broken: %s (state: absent still removes it)' % (name, exc.message)
+            if broken_ok:
+                return {'name': name, 'broken': why}
+            raise VzError(why)
         if not isinstance(meta, dict):
             raise VzError('VE %s exists in %s but is not managed by osvirt.vz (no ve.json)' % (name, directory))
         return meta
@@ -69,7 +78,10 @@ class VeOps:
         change without restarting it. A record with another pid is stale (the VE was restarted by
         other means, e.g. lxc-autostart at boot): then the VE runs what is on disk.
         """
-        record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        try:
+            record = read_json(os.path.join(self.host.ve_dir(name), 'running.json')) or {}
+        except VzError:   # a record cut short by a crash: the VE runs what is on disk
+            record = {}
         if pid is not None and record.get('pid') == pid and record.get('config'):
             return record['config']
         return config_digest(on_disk_items)
@@ -231,12 +243,35 @@ class VeOps:
             raise
         return made
 
+    def _make_sure_stopped(self, name, meta):
+        """Refuse to take away the directory of a VE whose processes still run.
+
+        After a run was killed in the middle of ``lxc-stop``, LXC may report a VE stopped while its
+        monitor and init live on: removing its directory then would leave a copy that nothing manages
+        (and that a VE of the same name would run next to). Its cgroups tell: the VE is killed again
+        and, if processes remain, nothing is removed.
+        """
+        parent = meta.get('cgroup_parent') or self.host.cgroup_parent
+        if not self.cgroups.settle(parent, name, timeout=5.0):
+            return
+        try:
+            self.client.kill(name)
+        except VzError:
+            pass   # LXC does not answer for it: the cgroups decide below
+        busy = self.cgroups.settle(parent, name, timeout=10.0)
+        if busy:
+            raise VzError('VE %s: LXC reports it stopped, but processes of it still run (%s); nothing is removed'
+                          % (name, ', '.join(busy)))
+
     def unregister(self, name, meta=None, keep_private=False):
         """Remove a stopped VE from this host: config, ve.json, LXC's lock file, address leases, the
         guard and shaping of its links and its stale cgroups; its private area too unless ``keep_private``.
 
-        Without ``keep_private`` the VE's directory is renamed away first (atomic: the VE is gone at
-        once), then deleted without following links, disk quota included. With it, only the
+        What the host keeps for the VE's network goes first, while the VE's directory still names it;
+        without ``keep_private`` the directory is then renamed away (atomic: the VE is gone at once)
+        and deleted without following links, disk quota included. A run killed before the rename
+        leaves the VE for the next removal; one killed after it, only a work directory in ``.tmp``
+        that the next run sweeps (``_staging``). With it, only the
         registration goes (config first, so that LXC cannot start the VE any more, then ve.json and
         running.json) and ``<name>/private`` stays for the caller; a VE directory without ve.json is
         never managed nor overwritten by osvirt.vz. ``meta``: the VE's ve.json (read when None).
@@ -244,21 +279,27 @@ class VeOps:
         """
         directory = self.host.ve_dir(name)
         if meta is None:
-            meta = (self.read_meta(name) if os.path.isfile(os.path.join(directory, 've.json')) else None) or {}
+            meta = (self.read_meta(name, broken_ok=True)
+                    if os.path.isfile(os.path.join(directory, 've.json')) else None) or {}
         if keep_private:
             for filename in ('config', 've.json', 'running.json'):
                 try:
                     os.unlink(os.path.join(directory, filename))
                 except FileNotFoundError:
                     pass
-        elif os.path.lexists(directory):
-            trash = tempfile.mkdtemp(prefix='trash-ve-%s-' % name, dir=self.host.tmp_dir)
-            os.rename(directory, os.path.join(trash, name))
-            _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
-            remove_tree(trash)
+        self._make_sure_stopped(name, meta)
+        # what the VE holds on the host goes while its directory still names it: a run killed after the
+        # rename below leaves nothing that nothing names any more (the work directory is swept)
+        self.net.teardown(name, meta)
+        if not keep_private and os.path.lexists(directory):
+            trash = _staging.make(self.host.tmp_dir, 'trash-ve-%s-' % name)
+            try:
+                os.rename(directory, os.path.join(trash, name))
+                _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
+            finally:
+                _staging.discard(trash)
         if self.client is not None:   # LXC's own lock file of the name; nothing else removes it
             self.client.forget(name)
-        self.net.teardown(name, meta)
         try:
             self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
         except OSError:

@@ -25,17 +25,16 @@ LXC config ``_ve_config.py``.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from . import _boot, _limits, _quota, _validate
+from . import _boot, _limits, _quota, _staging, _validate
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, remove_tree, write_inside, write_json
+from ._fs import atomic_write, disk_usage, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
-from ._ve_config import config_digest, is_owned
+from ._ve_config import NET_HOOK, config_digest, is_owned
 from ._ve_net import check_forwarding, describe_live, normalize_network, plan_live_network, resolv_conf
 from ._ve_ops import VeOps
 
@@ -350,7 +349,7 @@ class VeManager(VeOps):
     def _plan(self, spec, listed, restart):
         name = spec['name']
         desired_state = spec.get('state') or 'started'
-        meta = self.read_meta(name)
+        meta = self.read_meta(name, broken_ok=desired_state == 'absent')
         if meta is None and spec.get('must_exist'):
             raise VzError('VE %s does not exist on this host (%s)' % (name, self.host.ves_dir))
         if meta is None:
@@ -460,6 +459,11 @@ class VeManager(VeOps):
         warnings = []
         if meta.get('privileged') and state != 'absent':
             warnings.append('VE %s is privileged: root inside it is root on the host' % plan['name'])
+        if meta.get('autostart') and meta.get('network') and state != 'absent' and not os.path.exists(NET_HOOK):
+            # the modules guard and shape at start themselves; lxc-autostart at boot runs only the hook
+            warnings.append('VE %s starts at boot, but the network hook %s is not installed: lxc-autostart would '
+                            'start it without its anti-spoofing filter and network rate; run the osvirt.vz.host '
+                            'role on this host' % (plan['name'], NET_HOOK))
         writes = plan.get('limit_done')
         if writes is None:
             writes = [(p, _limits.read_file(p), v) for p, v in plan.get('limit_writes') or []]
@@ -518,6 +522,11 @@ class VeManager(VeOps):
             result = self._result(plan, plan['new_meta'] or plan['meta'] or {'name': name}, state, None, done,
                                   error=message)
             result['error_details'] = {k: v for k, v in details.items() if k in ('cmd', 'rc', 'stdout', 'stderr')}
+            # what was done and then undone (live limits put back, a new VE removed) is no change
+            undone = {'limits %s' % name, 'roll back limits %s' % name, 'create %s' % name, 'roll back %s' % name}
+            if state == plan['current'] and set(done) <= undone and \
+                    ('roll back limits %s' % name in done or 'roll back %s' % name in done):
+                result['changed'] = False
             return result
         meta = plan['new_meta'] or plan['meta'] or {'name': name}
         result = self._result(plan, meta, state, pid, done)
@@ -533,7 +542,7 @@ class VeManager(VeOps):
         """Write the VE's directory in .tmp and publish it by rename: never half-registered."""
         name, meta = plan['name'], plan['new_meta']
         config = self.desired_config(meta, plan['manifest'], create=True)
-        staging = tempfile.mkdtemp(prefix='ve-%s-' % name, dir=self.host.tmp_dir)
+        staging = _staging.make(self.host.tmp_dir, 've-%s-' % name)
         try:
             os.chmod(staging, 0o711)
             private = os.path.join(staging, 'private')
@@ -554,8 +563,9 @@ class VeManager(VeOps):
             write_json(os.path.join(staging, 've.json'), meta)
             os.rename(staging, self.host.ve_dir(name))
         except BaseException:
-            remove_tree(staging)
+            _staging.discard(staging)
             raise
+        _staging.release(staging)
 
     def _step_configure(self, plan):
         name = plan['name']
@@ -658,9 +668,13 @@ class VeManager(VeOps):
         for name in self.names():
             if wanted is not None and name not in wanted:
                 continue
-            meta = self.read_meta(name)
+            meta = self.read_meta(name, broken_ok=True)
             entry = listed.get(name) or {'state': 'stopped', 'pid': None}
             if states and entry['state'] not in states:
+                continue
+            broken = meta.get('broken') or self._config_broken(name)
+            if broken:
+                result.append(dict(public_view({'name': name}, entry['state'], entry['pid']), broken=broken))
                 continue
             view = public_view(meta, entry['state'], entry['pid'])
             view['restart_required'] = False
@@ -684,6 +698,17 @@ class VeManager(VeOps):
                 view['usage'] = self.accounting(meta, entry['state'])
             result.append(view)
         return result
+
+    def _config_broken(self, name):
+        """Why a VE's LXC config is unusable (missing, or empty: cut short), or None."""
+        path = os.path.join(self.host.ve_dir(name), 'config')
+        try:
+            if os.path.getsize(path) > 0:
+                return None
+        except OSError:
+            return 'VE %s is broken: its LXC config %s is missing (state: absent still removes it)' % (name, path)
+        return ('VE %s is broken: its LXC config %s is empty (cut short by a full disk or a crash); a run with its '
+                'state writes it again, state: absent removes the VE' % (name, path))
 
     def accounting(self, meta, state):
         """Use against each limit and limit hits of a VE: memory, numproc, cpu (running VEs), disk, net."""

@@ -142,6 +142,16 @@ ves:
       sample: {memory: {used: 73400320, limit: 268435456, failcnt: 0, oom_kills: 1, max_used: 268435456},
                numproc: {used: 3, limit: 64, hits: 12}, cpu: {usage_ns: 12000000000, throttled_ns: 2000000000,
                nr_throttled: 40, limit: 50}}
+broken:
+  description:
+    - VEs that cannot be read (a C(ve.json) that is not JSON, an LXC config that is empty or missing, e.g. cut short
+      by a full disk or a crash), each with C(name), C(state) and C(error). They are listed in RV(ves) too, with
+      C(broken) set to the same message and nothing else known; every other VE is reported as usual, and a
+      warning names each. M(osvirt.vz.ve) with O(osvirt.vz.ve#module:state=absent) still removes them.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: web3, state: stopped, error: "VE web3 is broken: /var/lib/vz/ves/web3/ve.json is not valid JSON ..."}]
 missing:
   description: Names asked for with O(name) that do not exist on the host.
   returned: always
@@ -187,7 +197,10 @@ def main():
         found = {v['name'] for v in ves}
         missing = [n for n in names if n not in found and n not in manager.names()]
         over = [o for v in ves for o in _limits.over_thresholds(v['name'], v.get('usage') or {}, thresholds)]
-        module.exit_json(changed=False, ves=ves, missing=missing, over_threshold=over,
+        broken = [{'name': v['name'], 'state': v['state'], 'error': v['broken']} for v in ves if v.get('broken')]
+        for entry in broken:
+            module.warn(entry['error'])
+        module.exit_json(changed=False, ves=ves, missing=missing, over_threshold=over, broken=broken,
                          host={'vz_root': host.vz_root, 'cgroup_parent': host.cgroup_parent,
                                'cgroup_layout': manager.cgroups.layout})
 

@@ -128,10 +128,10 @@ def test_host_role_twice_second_run_unchanged(preconditions, kept_sysctls, tmp_p
     # autostart: unit on systemd hosts, a hint otherwise
     if Path("/run/systemd/system").exists():
         unit = Path("/etc/systemd/system/osvirt-vz-autostart.service").read_text()
-        assert "ExecStart=/usr/bin/lxc-autostart -P /var/lib/vz/ves" in unit
+        assert "ExecStart=/usr/libexec/osvirt-vz/autostart /var/lib/vz" in unit
         assert "ExecStop=/usr/bin/lxc-autostart -s -P /var/lib/vz/ves" in unit
     else:
-        assert "'/usr/bin/lxc-autostart -P /var/lib/vz/ves' at boot" in out
+        assert "'/usr/libexec/osvirt-vz/autostart /var/lib/vz' at boot" in out
 
     # kernel limits for the default 200 VEs: in the role's file and live
     conf = (tmp_path / "60-osvirt-vz.conf").read_text()
@@ -167,3 +167,30 @@ def test_host_role_rejects_bad_variables_before_changing_anything(preconditions,
     assert message in out, out
     after = (VZ_ROOT / "host.json").read_text() if (VZ_ROOT / "host.json").exists() else None
     assert before == after
+
+
+def test_host_role_makes_a_new_cgroup_parent_in_every_hierarchy(preconditions, tmp_path):
+    """A cgroup parent that never existed: the role makes it everywhere (cpusets filled), in check
+    mode it reports the change and makes nothing, and a second run changes nothing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vzlib import new_cgroup_parent, remove_cgroups  # pylint: disable=import-outside-toplevel
+    parent = new_cgroup_parent()
+    root = Path(tmp_path) / "vz"
+    mounts = sorted({line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                     if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")})
+    settings = {"host_install_packages": False, "host_cgroup_parent": parent, "host_vz_root": str(root)}
+    try:
+        rc, out, recap = run_role(tmp_path, extra_vars=settings, check=True)
+        assert rc == 0 and recap[1] > 0, out
+        assert not any(Path(m, parent).exists() for m in mounts), out
+        rc, out, recap = run_role(tmp_path, extra_vars=settings)
+        assert rc == 0, out
+        assert [m for m in mounts if not Path(m, parent).is_dir()] == [], out
+        cpuset = Path("/sys/fs/cgroup/cpuset")
+        if cpuset.is_dir():
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                assert (cpuset / parent / name).read_text().strip() == (cpuset / name).read_text().strip()
+        rc, out, recap = run_role(tmp_path, extra_vars=settings)
+        assert rc == 0 and recap[1] == 0, "second run changed something:\n" + out
+    finally:
+        remove_cgroups(parent)

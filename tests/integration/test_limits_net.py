@@ -28,7 +28,9 @@ import pytest
 
 # The VE store fixtures and helpers of the VE tests (busybox template, vz_root, cgroup parent).
 from test_ve import BRIDGE, GATEWAY, HOST_PYTHON, bridge, ctx  # noqa: F401 pylint: disable=unused-import
+import features  # noqa: E402  pylint: disable=wrong-import-position
 from vzlib import settle_cgroups, sh
+
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPING_PY = REPO / "plugins" / "module_utils" / "_shaping.py"
@@ -72,6 +74,16 @@ print(json.dumps(samples), flush=True)
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_features():
+    """net.rate shaping (an nftables netdev redirect to an IFB device, classified by an eBPF program)
+    needs ifb, ebpf and nft_netdev (features.py): a host without them cannot shape, so these tests
+    do not apply there."""
+    missing = [features.why_not(name) for name in ('ifb', 'ebpf', 'nft_netdev') if not features.have(name)]
+    if missing:
+        pytest.skip("net.rate shaping needs IFB, eBPF and nft netdev: " + "; ".join(missing))
 
 
 def shaping(func, *args):
@@ -318,10 +330,11 @@ def test_a_rate_that_cannot_be_shaped_keeps_the_ve_from_starting(ctx, shaped_ve)
     assert shaping("read_shaping", link) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}
 
 
-def test_host_role_installs_the_hook(run_playbook, localhost):
+def test_host_role_installs_the_hook(run_playbook, localhost, tmp_path):
     installed = Path("/usr/libexec/osvirt-vz")
     # VEs of other jobs on this machine run whatever hook is installed: put the previous files back
-    names = ("net-hook", "osvirt_vz_shaping.py", "osvirt_vz_nft.py", "osvirt_vz_antispoof.py")
+    names = ("net-hook", "osvirt_vz_shaping.py", "osvirt_vz_nft.py", "osvirt_vz_antispoof.py", "autostart",
+             "osvirt_vz_cgroups.py")
     before = {name: (installed / name).read_bytes() if (installed / name).exists() else None for name in names}
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
         {"name": "hook", "ansible.builtin.include_role": {"name": "osvirt.vz.host", "tasks_from": "net_hook"}}]}]
@@ -332,7 +345,9 @@ def test_host_role_installs_the_hook(run_playbook, localhost):
         assert (installed / "net-hook").read_bytes() == HOOK.read_bytes()
         assert (installed / "net-hook").stat().st_mode & 0o777 == 0o755
         sources = {"osvirt_vz_shaping.py": SHAPING_PY, "osvirt_vz_nft.py": SHAPING_PY.parent / "_nft.py",
-                   "osvirt_vz_antispoof.py": SHAPING_PY.parent / "_antispoof.py"}
+                   "osvirt_vz_antispoof.py": SHAPING_PY.parent / "_antispoof.py",
+                   "osvirt_vz_cgroups.py": SHAPING_PY.parent / "_cgroups.py",
+                   "autostart": HOOK.parent / "osvirt-vz-autostart"}
         for name, source in sources.items():
             assert (installed / name).read_bytes() == source.read_bytes(), name
         # the installed copies load on their own, as the hook loads them
@@ -345,6 +360,11 @@ def test_host_role_installs_the_hook(run_playbook, localhost):
                               text=True, env={"LXC_NAME": "x", "LXC_CONFIG_FILE": "/nonexistent/x/config"},
                               check=False)
         assert proc.returncode == 0, proc
+        # the boot helper finds its code too: on a store without VEs it only runs lxc-autostart
+        proc = subprocess.run([str(installed / "autostart"), str(tmp_path)], capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 0 and not proc.stderr, proc
+        assert subprocess.run([str(installed / "autostart")], capture_output=True, check=False).returncode == 2
     finally:
         for name, data in before.items():
             # a file that was not there stays: later tests start VEs whose config names the hook

@@ -235,3 +235,16 @@ def test_canonical_and_sizes():
     assert pool_size(parse_pool('10.20.0.0/29')) == 6
     assert pool_size(parse_pool('10.20.0.0/30')) == 2
     assert pool_size(parse_pool('fd00:20::/64')) == 2 ** 64 - 1
+
+
+def test_a_prepared_lease_has_no_name_a_kill_could_leave_behind(host, leases):
+    # a run SIGKILLed between writing its lease and linking it under the address used to leave a
+    # ".new-*" file for an hour; an O_TMPFILE lease has no name until it is the lease
+    live(host, 'web1')
+    leases.claim('web1', 'eth0', '10.20.0.7')
+    with leases._prepared('web2', 'eth0') as tmp:
+        assert tmp.startswith('/proc/self/fd/')
+        assert sorted(os.listdir(leases.directory)) == ['10.20.0.7']
+    leases.claim('web1', 'eth1', '10.20.0.7')   # the lease follows the interface: replaced by rename
+    assert sorted(os.listdir(leases.directory)) == ['10.20.0.7']
+    assert leases.owner('10.20.0.7')['interface'] == 'eth1'

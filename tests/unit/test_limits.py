@@ -413,6 +413,24 @@ def test_ensure_parent_gives_new_cpusets_the_cpus_above(tmp_path, kernel_mkdir):
     assert tree.ensure_parent('vz/inner') == []                  # second run: nothing to do
 
 
+def test_ensure_parent_check_mode_writes_nothing(tmp_path, kernel_mkdir):
+    tree = fresh_v1_tree(tmp_path)
+    would = tree.ensure_parent('vz/inner', check_mode=True)
+    assert str(tmp_path / 'fresh' / 'pids' / 'vz') in would
+    assert not (tmp_path / 'fresh' / 'pids' / 'vz').exists()
+    assert set(would) <= set(tree.ensure_parent('vz/inner'))
+
+
+def test_ensure_parent_fills_a_cpuset_an_earlier_killed_run_left_empty(tmp_path, kernel_mkdir):
+    tree = fresh_v1_tree(tmp_path)
+    cpuset = tmp_path / 'fresh' / 'cpuset'
+    os.mkdir(str(cpuset / 'vz'))                                 # killed right after the mkdir
+    made = tree.ensure_parent('vz')
+    assert '%s cpuset.cpus' % (cpuset / 'vz') in made and str(cpuset / 'vz') not in made
+    assert (cpuset / 'vz' / 'cpuset.mems').read_text() == '0-1'
+    assert tree.ensure_parent('vz', check_mode=True) == []
+
+
 def test_v2_controller_not_delegated_names_the_fix(tmp_path):
     tree = v2_tree(tmp_path)
     (tmp_path / 'cg2' / 'vz' / 'cgroup.subtree_control').write_text('cpu memory\n')

@@ -110,3 +110,33 @@ def test_waiter_on_a_removed_file_locks_the_new_one(tmp_path):
                 Lock(str(tmp_path), 've', 'web1', 'third', timeout=0).acquire()
     finally:
         holder.join()
+
+
+def _hold_and_spawn(locks_dir, ready, pid_file):
+    """Hold the lock, start a long-lived command (as lxc-start leaves a VE's monitor), then wait."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    with Lock(locks_dir, 've', 'web1', 'starting web1'):
+        child = subprocess.Popen(['sleep', '30'], start_new_session=True)
+        with open(pid_file, 'w') as handle:
+            handle.write(str(child.pid))
+        ready.set()
+        time.sleep(30)
+
+
+def test_lock_of_a_killed_holder_is_free_while_its_children_live(tmp_path):
+    # a VE's LXC monitor outlives the module that started it: it must not keep the VE's lock
+    import os  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    ready, pid_file = multiprocessing.Event(), tmp_path / 'child.pid'
+    holder = multiprocessing.Process(target=_hold_and_spawn, args=(str(tmp_path), ready, str(pid_file)))
+    holder.start()
+    assert ready.wait(5)
+    child = int(pid_file.read_text())
+    try:
+        holder.kill()
+        holder.join()
+        os.kill(child, 0)   # still running
+        with Lock(str(tmp_path), 've', 'web1', 'after crash', timeout=1):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)

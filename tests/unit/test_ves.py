@@ -187,3 +187,22 @@ def test_config_network_and_mounts(tmp_path):
     assert [v for k, v in items if k == 'lxc.net.0.ipv4.address'] == ['10.20.0.5/24 10.20.0.255',
                                                                       '10.20.0.6/24 10.20.0.255']
     assert config['lxc.mount.entry'] == '%s data none bind,create=dir,ro 0 0' % tmp_path
+
+
+def test_json_cut_short_is_an_error_naming_the_file(tmp_path):
+    from ansible_collections.osvirt.vz.plugins.module_utils._fs import read_json
+    from ansible_collections.osvirt.vz.plugins.module_utils._host import Host
+    from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
+    (tmp_path / 'host.json').write_text('{"bridge": ')
+    with pytest.raises(VzError, match=r'host.json is not valid JSON .*cut short'):
+        Host(vz_root=str(tmp_path))
+    (tmp_path / 'host.json').write_text('{}')
+    assert read_json(str(tmp_path / 'missing.json'), {}) == {}
+    (tmp_path / 'ves' / 'web1').mkdir(parents=True)
+    (tmp_path / 'ves' / 'web1' / 've.json').write_bytes(b'')
+    manager = VeManager(Host(vz_root=str(tmp_path)), client=None)
+    with pytest.raises(VzError, match=r'VE web1 is broken: .*ve.json is not valid JSON \(an empty file\)'):
+        manager.read_meta('web1')
+    assert manager.read_meta('web1', broken_ok=True)['broken'].startswith('VE web1 is broken')
+    (tmp_path / 'ves' / 'web1' / 'running.json').write_text('{"pid": 1')
+    assert manager.running_digest('web1', 1, []) == manager.running_digest('web1', None, [])
