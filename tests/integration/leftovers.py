@@ -96,6 +96,8 @@ def _lock_of_gone_object(scope: Scope, filename: str) -> bool:
         return not (scope.vz_root / "templates" / name).exists()
     if kind == "bridge":
         return not Path("/sys/class/net", name).exists()
+    if kind == "tmp":
+        return False   # the store's own (the sweep of .tmp): it lives as long as the store
     return True   # not a lock file of ours at all
 
 
