@@ -455,7 +455,8 @@ class Leases:
                 os.unlink(aside)
             return self._link(tmp, text)
         finally:
-            lock.release()
+            # the old VE is gone: its lock file, made by this takeover, goes too
+            lock.release(remove=not os.path.lexists(self.host.ve_dir(old)))
 
     def _sync_directory(self):
         """Make a new or removed lease name durable: a crash must not forget a lease a VE relies on."""

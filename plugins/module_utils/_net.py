@@ -756,9 +756,11 @@ def ensure_bridge(spec, check_mode=False, netlink=None, system=None):
     with (netlink or Netlink()) as nl:
         current, changes, link_after, host, host_changes = _plan(spec, nl, system)
         if not check_mode and (changes or host_changes):
-            with system.lock(spec):
+            with system.lock(spec) as lock:
                 current, changes, link_after, host, host_changes = _plan(spec, nl, system)
                 after = _apply(spec, nl, system, changes, host_changes)
+                if lock is not None and spec.state == "absent":
+                    lock.remove_on_exit = True   # the bridge is gone: so is its lock file
         before = dict(describe_link(spec.name, current), **describe_host(spec.name, host))
         if check_mode or not (changes or host_changes):
             after = dict(link_after, **predict_host(spec, link_after, host))

@@ -640,25 +640,45 @@ def ensure_shaping(ifname, want, capacity_bps=None, check_mode=False, netlink=No
     """
     capacity = None if capacity_bps is None else capacity_bytes(capacity_bps)
     with (netlink or TcNetlink()) as nl:
-        with nl.lock():
+        # Read and plan without the host-wide lock first: most calls (every VE start and stop
+        # runs the hook, the module shapes again after it) find nothing to do, and under many
+        # parallel runs holding the lock for them queued every VE of the host behind it. Only a
+        # plan with steps takes the lock, and reads and plans again under it.
+        try:
             state = nl.read(ifname)
-            before = state.shaping()
-            if only_if_gone and want is None and state.link_index is not None:
-                return {"changed": False, "actions": [], "before": before and before.as_bps(),
-                        "after": before and before.as_bps()}
-            steps = plan_shaping(state, want, capacity)
-            if not check_mode:
-                for step in steps:
-                    nl.apply(step)
-                after = nl.read(ifname).shaping() if steps else before
-            else:
-                after = want
+            steps = _plan_steps(state, want, capacity, only_if_gone)
+            settled = not steps or check_mode
+        except (NetlinkError, VzError):
+            settled = False   # e.g. the tree changed while it was read: say it under the lock
+        if not settled:
+            with nl.lock():
+                state = nl.read(ifname)
+                steps = _plan_steps(state, want, capacity, only_if_gone)
+                if steps and not check_mode:
+                    for step in steps:
+                        nl.apply(step)
+                    after = nl.read(ifname).shaping()
+        before = state.shaping()
+    if steps is None:   # only_if_gone, and the link is there: nothing of it is ours to touch
+        return {"changed": False, "actions": [], "before": before and before.as_bps(),
+                "after": before and before.as_bps()}
+    if check_mode:
+        after = want
+    elif not steps:
+        after = before
     return {
         "changed": bool(steps),
         "actions": [s.describe() for s in steps],
         "before": before.as_bps() if before else None,
         "after": after.as_bps() if after else None,
     }
+
+
+def _plan_steps(state, want, capacity, only_if_gone):
+    """``plan_shaping``, or None when ``only_if_gone`` finds the link there."""
+    if only_if_gone and want is None and state.link_index is not None:
+        return None
+    return plan_shaping(state, want, capacity)
 
 
 def apply_shaping(ifname, rate_bps, ceil_bps=None, capacity_bps=None, check_mode=False, netlink=None):

@@ -264,8 +264,8 @@ class VeOps:
                           % (name, ', '.join(busy)))
 
     def unregister(self, name, meta=None, keep_private=False):
-        """Remove a stopped VE from this host: config, ve.json, address leases, the guard and shaping
-        of its links and its stale cgroups; its private area too unless ``keep_private``.
+        """Remove a stopped VE from this host: config, ve.json, LXC's lock file, address leases, the
+        guard and shaping of its links and its stale cgroups; its private area too unless ``keep_private``.
 
         What the host keeps for the VE's network goes first, while the VE's directory still names it;
         without ``keep_private`` the directory is then renamed away (atomic: the VE is gone at once)
@@ -298,6 +298,8 @@ class VeOps:
                 _quota.remove_quota(self.host, dict(meta, name=name), os.path.join(trash, name, 'private'))
             finally:
                 _staging.discard(trash)
+        if self.client is not None:   # LXC's own lock file of the name; nothing else removes it
+            self.client.forget(name)
         try:
             self.cgroups.remove_stale(meta.get('cgroup_parent') or self.host.cgroup_parent, name)
         except OSError:

@@ -321,7 +321,7 @@ class VeManager(VeOps):
                 for name in sorted(names):
                     op = next('%s (state=%s)' % (name, s.get('state')) for s in specs if s['name'] == name)
                     locks.append(Lock(self.host.locks_dir, 've', name, 'osvirt.vz.ve ' + op,
-                                      self.lock_timeout).acquire())
+                                      self.lock_timeout, hint='lock_timeout sets how long to wait').acquire())
             states = self.states()
             plans = [self._plan(spec, states.get(spec['name']), restart) for spec in specs]
             if self.check_mode:
@@ -343,7 +343,8 @@ class VeManager(VeOps):
             return results
         finally:
             for lock in reversed(locks):
-                lock.release()
+                # a VE that is gone (removed, or never made) keeps no lock file
+                lock.release(remove=not os.path.lexists(self.host.ve_dir(lock.name)))
 
     def _plan(self, spec, listed, restart):
         name = spec['name']

@@ -140,6 +140,8 @@ def test_stale_lease_is_taken_over(host, leases):
     leases.claim('gone', 'eth0', '10.20.0.9')
     leases.claim('web1', 'eth1', '10.20.0.9')
     assert leases.of('web1') == {'10.20.0.2': 'eth0', '10.20.0.9': 'eth1'}
+    # the takeovers locked the gone VE's name: no lock file of it is left
+    assert 've-gone.lock' not in os.listdir(host.locks_dir)
 
 
 def test_lease_of_ve_being_created_is_not_stale(host, leases):

@@ -96,10 +96,20 @@ def test_a_filter_that_fails_stops_the_start_before_any_shaping(tmp_path, calls)
     assert "osvirt-vz-net-hook start-host web: vzaa1: anti-spoofing: hwaddr '02:00:00:00:00:02'" in log, log
 
 
-def test_stop_keeps_the_filter(tmp_path, calls):
-    assert run(ve_dir(tmp_path), "post-stop") == 0
+def test_stop_keeps_the_filter_and_clears_the_shaping_of_a_rate(tmp_path, calls):
+    assert run(ve_dir(tmp_path, {"net": {"rate": 8000000}}), "post-stop") == 0
     assert calls["filter"] == []
     assert calls["shaping"] == [("clear", "vzaa0"), ("clear", "vzaa1")]
+
+
+def test_stop_of_a_ve_without_a_rate_touches_no_shaping(tmp_path, calls, monkeypatch):
+    """Every stop of every VE with an interface runs the hook: without a rate there is nothing
+    to remove, so it must not even load the shaping code (pyroute2, netlink, the host's lock)."""
+    monkeypatch.setitem(sys.modules, "osvirt_vz_shaping", None)    # an import would raise ImportError
+    path = ve_dir(tmp_path)
+    assert run(path, "post-stop") == 0
+    assert calls["filter"] == [] and calls["shaping"] == []
+    assert not (path / "lxc.log").exists()
 
 
 def test_without_the_guard_code_the_start_fails(tmp_path, calls, monkeypatch):

@@ -262,7 +262,7 @@ def test_class_minor_is_stable_and_probes_past_taken_ones():
 
 # --- apply / read / idempotence / live change -------------------------------------------------
 
-def test_apply_then_read_then_idempotent_under_the_lock():
+def test_apply_then_read_then_idempotent_lock_only_for_changes():
     kernel = FakeKernel()
     first = apply_shaping(LINK, 8 * MBIT, netlink=kernel)
     assert first["changed"] and first["before"] is None
@@ -272,7 +272,7 @@ def test_apply_then_read_then_idempotent_under_the_lock():
     again = apply_shaping(LINK, 8 * MBIT, 8 * MBIT, netlink=kernel)   # same thing said differently
     assert not again["changed"] and again["actions"] == [] and kernel.applied == []
     assert again["before"] == again["after"]
-    assert kernel.locked == 2
+    assert kernel.locked == 1   # the second call found nothing to do: it never waited for the lock
 
 
 def test_a_second_ve_joins_the_same_tree():
@@ -521,3 +521,42 @@ def test_loads_as_a_plain_module_for_the_lxc_hook(monkeypatch):
     kernel = FakeKernel()
     assert module.apply_shaping(LINK, 8 * MBIT, netlink=kernel)["changed"]
     assert kernel.links[SHAPER]["alias"] == module.SHAPER_ALIAS
+
+
+def test_nothing_to_do_never_waits_for_the_host_wide_lock():
+    """Every VE start and stop asks to clear or apply shaping; when there is nothing to do (an
+    unshaped VE, or the hook shaped it already) the call must not queue behind the lock that
+    every VE of the host shares."""
+    kernel = FakeKernel(links=(LINK, OTHER))
+    assert not clear_shaping(LINK, netlink=kernel)["changed"]
+    assert not clear_shaping(LINK, netlink=kernel, only_if_gone=True)["changed"]
+    assert kernel.locked == 0
+    apply_shaping(LINK, 8 * MBIT, netlink=kernel)
+    assert kernel.locked == 1
+    apply_shaping(LINK, 8 * MBIT, netlink=kernel)
+    assert not clear_shaping(OTHER, netlink=kernel)["changed"]
+    assert kernel.locked == 1
+    kernel.stop(LINK)
+    assert clear_shaping(LINK, netlink=kernel)["changed"]   # a real change takes the lock again
+    assert kernel.locked == 2
+
+
+class _ChangingKernel(FakeKernel):
+    """The first read fails as netlink does when another process deletes the shaper meanwhile."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reads = 0
+
+    def read(self, ifname):
+        self.reads += 1
+        if self.reads == 1:
+            raise _shaping.NetlinkError("No such device")
+        return super().read(ifname)
+
+
+def test_a_read_that_races_a_change_is_done_again_under_the_lock():
+    kernel = _ChangingKernel()
+    result = apply_shaping(LINK, 8 * MBIT, netlink=kernel)
+    assert result["changed"] and kernel.locked == 1
+    assert read_shaping(LINK, netlink=kernel) == {"rate_bps": 8 * MBIT, "ceil_bps": 8 * MBIT}

@@ -129,6 +129,23 @@ class LxcClient:
         self.call('lxc-wait', name, ['--state', '|'.join(states), '--timeout', str(int(timeout))],
                   what='waiting for VE %s to be %s' % (name, ' or '.join(states)))
 
+    def forget(self, name):
+        """Remove LXC's own lock file of a container that no longer exists.
+
+        Every lxc-* command on a container makes ``<runtime dir>/lxc/lock/<lxcpath>/.<name>`` and
+        nothing removes it: a host that makes and removes VEs all day would keep one file per name
+        it ever used (in /run, until the next boot). Call it only while holding the VE's own lock,
+        after its directory is gone.
+        """
+        if self.runner is not local_runner:
+            return   # the host is elsewhere; only the modules, which run on it, remove VEs
+        base = os.environ.get('XDG_RUNTIME_DIR') if os.geteuid() != 0 else None
+        path = os.path.join(base or '/run', 'lxc', 'lock', self.lxcpath.strip('/'), '.' + name)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
     def attach_argv(self, name, argv, env=None):
         """argv of ``lxc-attach`` running ``argv`` inside the VE with a clear environment plus ``env``.
 
