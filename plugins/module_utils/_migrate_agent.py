@@ -56,6 +56,7 @@ class MigrationOps:
 
     def __init__(self, host, stop_timeout=30):
         self.host = host
+        self.stop_timeout = stop_timeout
         self.client = LxcClient(host.ves_dir)
         self.ve = VeOps(host, self.client, stop_timeout=stop_timeout)
         self.templates = self.ve.templates
@@ -96,10 +97,17 @@ class MigrationOps:
             except VzError:   # lxc-unfreeze waits for THAWED; a VE whose init died goes STOPPED instead
                 if self.ve.state(name)['state'] == 'frozen':
                     raise
+        # init is dead; LXC still tears the VE down (its links, cgroups, post-stop hooks), which
+        # takes long on a loaded host. lxc-stop --kill is for an init that did not die, and a VE
+        # that reached STOPPED meanwhile is what was wanted ("is not running" is no failure).
         try:
-            self.client.wait(name, ['STOPPED'], timeout=10)
+            self.client.wait(name, ['STOPPED'], timeout=max(10, self.stop_timeout))
         except VzError:
-            self.ve.kill(name)
+            try:
+                self.ve.kill(name)
+            except VzError:
+                if self.ve.state(name)['state'] != 'stopped':
+                    raise
 
     def freeze(self, name):
         self.ve.freeze(name)

@@ -135,7 +135,15 @@ class Remote:
         for rule in filters:
             argv += ['--filter', rule]
         argv += ['-e', self.ssh_command(), path.rstrip('/') + '/', self.spec(dest.rstrip('/') + '/')]
-        return rsync_stats(self._run(argv, what))
+        try:
+            return rsync_stats(self._run(argv, what))
+        except VzError as exc:
+            if 'No space left on device' not in (exc.details.get('stderr') or ''):
+                raise
+            # the receiving side's disk filled up: say where, not only rsync's last lines
+            raise VzError('%s failed: the disk of %s is full (no space left on device under %s): %s'
+                          % (what, self, dest, _last_lines(exc.details['stderr'])), no_space=True,
+                          cmd=argv, rc=exc.details.get('rc'), stderr=exc.details['stderr'])
 
 
 def rsync_stats(text):

@@ -212,3 +212,59 @@ def _cut(lab, host, peer, on):
                      "daddr", peer, "drop")
     else:
         lab.exec(host, "nft", "delete", "table", "inet", "vzmigcut", check=False)
+
+
+def _data_sums(lab, host, name):
+    """Checksums of the files the test wrote under /data (the rest of a running VE may change)."""
+    sums = {path: digest for path, digest in _private_sums(lab, host, name).items() if path.startswith("./data/")}
+    assert len(sums) >= 2, sums
+    return sums
+
+
+def _init_pid(lab, host, name):
+    return lab.exec(host, "lxc-info", "-P", VZ + "/ves", "-n", name, "-pH").stdout.strip()
+
+
+def test_target_disk_full_during_copy(lab, run_playbook, lab_template):
+    """The file system the target receives the private area on fills during the copy (a 1 MiB tmpfs
+    over lab2's ``migrations`` directory, where ``<ve>.incoming`` is made; the preflight sees the
+    free space of the vz root, so it lets the move start): the move fails naming the target and
+    the full disk, the source runs on untouched, lab2 keeps nothing of the VE; once the space is
+    back a rerun of the same task moves it."""
+    lab1, lab2 = lab.hosts[:2]
+    names = []
+    migrations = "%s/migrations" % VZ
+    try:
+        name = _make_ve(run_playbook, lab, lab1, lab_template, "10.20.0.74")
+        names.append(name)
+        lab.exec(lab1, "lxc-attach", "-P", VZ + "/ves", "-n", name, "--", "sh", "-c",
+                 "head -c 3000000 /dev/urandom > /data/big")
+        sums, pid = _data_sums(lab, lab1, name), _init_pid(lab, lab1, name)
+        had_template = _exists(lab, lab2, "%s/templates/%s" % (VZ, lab_template))
+        lab.exec(lab2, "mkdir", "-p", migrations)
+        lab.exec(lab2, "mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "vzfull", migrations)
+        run = run_playbook(play([_task(name, lab2, mode="warm")], lab1), inventory=lab.inventory, expect_fail=True)
+        msg = run.task("migrate", host=lab1).msg
+        assert "VE %s was not moved to %s" % (name, lab2) in msg and "rolled back" in msg, msg
+        print("disk full: %s" % msg)
+        assert "disk of" in msg and "is full" in msg and "%s/%s.incoming" % (migrations, name) in msg, msg
+        # the source as it was: the same init, never frozen, the same files
+        _one_copy(lab, name, lab1, lab2)
+        assert _init_pid(lab, lab1, name) == pid
+        assert _data_sums(lab, lab1, name) == sums
+        assert _journal(lab, lab1, name) is None and _journal(lab, lab2, name) is None
+        # nothing of it registered on the target: no VE directory, no lease, no template it brought
+        assert not _exists(lab, lab2, "%s/ves/%s" % (VZ, name))
+        assert not _exists(lab, lab2, "%s/net/leases/10.20.0.74" % VZ)
+        assert _exists(lab, lab2, "%s/templates/%s" % (VZ, lab_template)) == had_template
+        assert lab.exec(lab2, "sh", "-c", "ls -A %s" % migrations).stdout.strip() == ""
+
+        lab.exec(lab2, "umount", migrations)   # the space is back
+        run = run_playbook(play([_task(name, lab2, mode="warm")], lab1), inventory=lab.inventory)
+        assert run.task("migrate", host=lab1).changed
+        print("rerun: %s" % run.task("migrate", host=lab1)["stages"])
+        _one_copy(lab, name, lab2, lab1)
+        assert _data_sums(lab, lab2, name) == sums
+    finally:
+        lab.exec(lab2, "umount", migrations, check=False)
+        _cleanup(run_playbook, lab, names)

@@ -155,3 +155,63 @@ def test_bootstrap_runs_the_agent_from_the_package(tmp_path):
                           cwd=str(tmp_path), env={'PATH': os.environ['PATH']}, check=False)
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(l) for l in proc.stdout.splitlines()] == [{'ok': True, 'result': True}] * 2
+
+
+def test_push_names_a_full_target_disk(tmp_path, monkeypatch):
+    """rsync's ENOSPC from the receiver becomes one message naming the target and the directory."""
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'rsync').write_text('#!/bin/sh\necho \'rsync: [receiver] write failed on "/x/f": No space left on device '
+                                '(28)\' >&2\necho "rsync error: error in file IO (code 11)" >&2\nexit 11\n')
+    (fake / 'rsync').chmod(0o755)
+    monkeypatch.setenv('PATH', '%s:%s' % (fake, os.environ['PATH']))
+    remote = Remote('198.18.0.12')
+    with pytest.raises(Exception) as info:
+        remote.push(str(tmp_path), '/var/lib/vz/migrations/web1.incoming', 'pre-copy of VE web1 to vz2')
+    message = str(info.value)
+    assert message.startswith('pre-copy of VE web1 to vz2 failed: the disk of root@198.18.0.12 is full'), message
+    assert 'under /var/lib/vz/migrations/web1.incoming' in message and 'No space left on device' in message
+    assert info.value.details['no_space'] is True
+    (fake / 'rsync').write_text('#!/bin/sh\necho "rsync: some other error" >&2\nexit 23\n')
+    with pytest.raises(Exception) as info:
+        remote.push(str(tmp_path), '/d', 'copy')
+    assert 'is full' not in str(info.value) and 'rsync rc=23' in str(info.value), str(info.value)
+
+
+class _SlowTeardown:
+    """A VE whose init was killed but whose LXC teardown outlasts the wait (states given in turn)."""
+
+    def __init__(self, states, kill_error):
+        self.states, self.kill_error, self.calls = list(states), kill_error, []
+
+    def state(self, _name):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return {'state': state, 'pid': None}
+
+    def wait(self, name, states, timeout=10):
+        self.calls.append(('wait', timeout))
+        raise _migrate_agent.VzError('waiting for VE %s to be STOPPED failed' % name)
+
+    def unfreeze(self, _name):
+        self.calls.append(('unfreeze',))
+
+    def kill(self, name):
+        self.calls.append(('kill',))
+        if self.kill_error:
+            raise _migrate_agent.VzError('killing VE %s failed (rc=2): %s is not running' % (name, name))
+
+
+def _ops(fake, stop_timeout=30):
+    ops = object.__new__(_migrate_agent.MigrationOps)
+    ops.ve, ops.client, ops.stop_timeout = fake, fake, stop_timeout
+    return ops
+
+
+def test_kill_of_frozen_ve_takes_a_slow_teardown_as_stopped():
+    fake = _SlowTeardown(['running', 'stopped'], kill_error=True)   # stopped by the time lxc-stop --kill ran
+    _ops(fake).stop('web1', kill=True)
+    assert fake.calls == [('wait', 30), ('kill',)]
+    fake = _SlowTeardown(['running', 'running'], kill_error=True)   # still running: that is a failure
+    with pytest.raises(_migrate_agent.VzError):
+        _ops(fake, stop_timeout=5).stop('web1', kill=True)
+    assert fake.calls[0] == ('wait', 10)
