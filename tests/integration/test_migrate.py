@@ -25,6 +25,17 @@ GATEWAY = "10.20.0.1"
 VZ = "/var/lib/vz"
 
 
+def remove_from_lab(run_playbook, lab, name, template):
+    """Remove VE ``name`` and template ``template`` from every lab host, with what a move leaves."""
+    run_playbook(play([
+        {"name": "rm ve", "ignore_errors": True, "osvirt.vz.ve": {"name": name, "state": "absent"}},
+        {"name": "rm tpl", "ignore_errors": True, "osvirt.vz.template": {"name": template, "state": "absent"}},
+    ], "vz_hosts"), inventory=lab.inventory)
+    for host in lab.hosts:
+        lab.exec(host, "rm", "-rf", "%s/ves/%s.migrated" % (VZ, name), "%s/templates/%s" % (VZ, template),
+                 "%s/migrations/%s.json" % (VZ, name), "%s/migrations/%s.incoming" % (VZ, name), check=False)
+
+
 def _state(lab, host, name):
     proc = lab.exec(host, "lxc-info", "-P", VZ + "/ves", "-n", name, "-sH", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else "ABSENT"
@@ -155,10 +166,4 @@ def test_warm_then_offline_back(lab, run_playbook):
             assert _private_sums(lab, target, name) == sums
         assert _state(lab, lab2, name) == "ABSENT"
     finally:
-        run_playbook(play([
-            {"name": "rm ve", "ignore_errors": True, "osvirt.vz.ve": {"name": name, "state": "absent"}},
-            {"name": "rm tpl", "ignore_errors": True, "osvirt.vz.template": {"name": template, "state": "absent"}},
-        ], "vz_hosts"), inventory=lab.inventory)
-        for host in (lab1, lab2):
-            lab.exec(host, "rm", "-rf", "%s/ves/%s.migrated" % (VZ, name), "%s/templates/%s" % (VZ, template),
-                     "%s/migrations/%s.json" % (VZ, name), "%s/migrations/%s.incoming" % (VZ, name), check=False)
+        remove_from_lab(run_playbook, lab, name, template)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from test_migrate import VZ, _state
+from test_migrate import VZ, _state, remove_from_lab
 from test_migrate_faults import _journal, _one_copy, _task
 from test_template_build import DEBIAN, _drop_store, _new_store
 from vzlib import play
@@ -80,11 +80,5 @@ def test_debian12_warm(lab, run_playbook):
                                    "ip", "-4", "addr", "show", "eth0").stdout
         assert _state(lab, lab1, name) == "ABSENT"
     finally:
-        run_playbook(play([
-            {"name": "rm ve", "ignore_errors": True, "osvirt.vz.ve": {"name": name, "state": "absent"}},
-            {"name": "rm tpl", "ignore_errors": True, "osvirt.vz.template": {"name": template, "state": "absent"}},
-        ], "vz_hosts"), inventory=lab.inventory)
-        for host in (lab1, lab2):
-            lab.exec(host, "rm", "-rf", "%s/templates/%s" % (VZ, template), "%s/migrations/%s.json" % (VZ, name),
-                     "%s/migrations/%s.incoming" % (VZ, name), check=False)
+        remove_from_lab(run_playbook, lab, name, template)
         _drop_store(store)
