@@ -74,10 +74,16 @@ class CgroupTree:
             return 'v2', self.v2
         return None, None
 
-    def mounts(self):
-        """Every hierarchy's mount point: v1 controllers, named v1 hierarchies, cgroup2."""
-        mounts = set(self.v1.values()) | set(self.named.values())
-        if self.v2:
+    def mounts(self, controllers_only=False):
+        """Every hierarchy's mount point: v1 controllers, named v1 hierarchies, cgroup2.
+
+        ``controllers_only`` leaves out hierarchies without a VE controller (name=systemd, the
+        cgroup2 of a hybrid host, here with hugetlb only): LXC keeps a VE there too, but no limit.
+        """
+        mounts = set(self.v1.values())
+        if not controllers_only:
+            mounts |= set(self.named.values())
+        if self.v2 and (not controllers_only or self.v2_controllers & set(VE_CONTROLLERS)):
             mounts.add(self.v2)
         return sorted(mounts)
 
@@ -140,22 +146,22 @@ class CgroupTree:
         _version, mount = self.controller(controller)
         return os.path.join(mount, parent, ve) if mount else None
 
-    def ve_dirs(self, parent, ve):
+    def ve_dirs(self, parent, ve, controllers_only=False):
         """Every directory that can hold the VE's cgroup or its monitor's, in every hierarchy.
 
         Named v1 hierarchies count: LXC makes the VE's cgroups in name=systemd too, and an empty
         leftover there alone makes the next start fail with "Failed to create monitor cgroup".
         """
         dirs = []
-        for mount in self.mounts():
+        for mount in self.mounts(controllers_only):
             dirs.append(os.path.join(mount, parent, ve))
             dirs.append(os.path.join(mount, parent + '.monitor', ve))
         return dirs
 
-    def busy(self, parent, ve):
+    def busy(self, parent, ve, controllers_only=False):
         """Cgroup directories of the VE or its monitor that still hold processes."""
         found = []
-        for top in self.ve_dirs(parent, ve):
+        for top in self.ve_dirs(parent, ve, controllers_only):
             for current, _dirnames, filenames in os.walk(top):
                 if 'cgroup.procs' not in filenames:
                     continue
@@ -167,17 +173,17 @@ class CgroupTree:
                     continue
         return found
 
-    def settle(self, parent, ve, timeout=20.0):
+    def settle(self, parent, ve, timeout=20.0, controllers_only=False):
         """Wait until no process is left in the VE's or its monitor's cgroups; return those still busy.
 
         After an aborted start, LXC's monitor goes on tearing down for a moment after lxc-start has
         returned; a new start in that window fails with "Failed to create monitor cgroup".
         """
         deadline = time.monotonic() + timeout
-        busy = self.busy(parent, ve)
+        busy = self.busy(parent, ve, controllers_only)
         while busy and time.monotonic() < deadline:
             time.sleep(0.1)
-            busy = self.busy(parent, ve)
+            busy = self.busy(parent, ve, controllers_only)
         return busy
 
     def remove_stale(self, parent, ve):

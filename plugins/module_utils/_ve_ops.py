@@ -250,15 +250,20 @@ class VeOps:
         monitor and init live on: removing its directory then would leave a copy that nothing manages
         (and that a VE of the same name would run next to). Its cgroups tell: the VE is killed again
         and, if processes remain, nothing is removed.
+
+        Only hierarchies with controllers count: after a live migration CRIU restores the VE's
+        membership of a hierarchy LXC does not map (the controller-less cgroup2 of a hybrid host)
+        under the path it had on the source, so on hosts that share one cgroup tree (the lab) the
+        moved VE shows there under the source's parent.
         """
         parent = meta.get('cgroup_parent') or self.host.cgroup_parent
-        if not self.cgroups.settle(parent, name, timeout=5.0):
+        if not self.cgroups.settle(parent, name, timeout=5.0, controllers_only=True):
             return
         try:
             self.client.kill(name)
         except VzError:
             pass   # LXC does not answer for it: the cgroups decide below
-        busy = self.cgroups.settle(parent, name, timeout=10.0)
+        busy = self.cgroups.settle(parent, name, timeout=10.0, controllers_only=True)
         if busy:
             raise VzError('VE %s: LXC reports it stopped, but processes of it still run (%s); nothing is removed'
                           % (name, ', '.join(busy)))
