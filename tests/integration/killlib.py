@@ -69,7 +69,7 @@ def kill_seed() -> int:
 
 def kill_points(default: int) -> int:
     """How many kill points an operation gets: ``default``, scaled by VZ_KILL_POINTS / 60 when set
-    (VZ_KILL_POINTS is the total the suite aims at: 60 when unset, ``make test`` sets a smaller sample)."""
+    (VZ_KILL_POINTS is the total the suite aims at: 60 when unset, as in ``make test``)."""
     total = os.environ.get("VZ_KILL_POINTS")
     if not total:
         return default

@@ -10,8 +10,8 @@ doubled lease, no half-published template version, no VE running twice, a file w
 a VE before the kill unchanged, configs that liblxc parses (killlib.py has the invariants).
 
 The seed is printed (``-s`` or the terminal summary); ``VZ_KILL_SEED=<seed>`` replays a run,
-``VZ_KILL_POINTS=<n>`` scales the number of kill points (60 when unset; ``make test`` runs a sample of
-24, ``make soak-kill`` as many as asked).
+``VZ_KILL_POINTS=<n>`` scales the number of kill points (60 when unset and in ``make test``;
+``make soak-kill`` as many as asked).
 Addresses: 10.20.0.170-179 only.
 """
 
