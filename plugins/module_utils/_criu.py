@@ -302,9 +302,12 @@ def process_blockers(init_pid, proc='/proc'):
         comm = stat[stat.index('(') + 1:stat.rindex(')')]
         fields = stat[stat.rindex(')') + 2:].split()
         for what, leader in (('session', fields[3]), ('process group', fields[2])):
-            if leader != '0' and pid_ns(leader) != wanted:
-                reasons.append('process %s (%s) is in a %s led from outside the VE (pid %s): started by '
-                               'lxc-attach without setsid?' % (entry, comm, what, leader))
+            # 0: the leader lives in a pid namespace above this /proc's (a sandboxed runner's
+            # session, say); the VE's namespace is below it, so that leader is outside the VE too
+            if leader == '0' or pid_ns(leader) != wanted:
+                where = 'pid %s' % leader if leader != '0' else 'not visible from this host\'s pid namespace'
+                reasons.append('process %s (%s) is in a %s led from outside the VE (%s): started by '
+                               'lxc-attach without setsid?' % (entry, comm, what, where))
                 break
     return reasons
 

@@ -268,3 +268,52 @@ def test_target_disk_full_during_copy(lab, run_playbook, lab_template):
     finally:
         lab.exec(lab2, "umount", migrations, check=False)
         _cleanup(run_playbook, lab, names)
+
+
+def test_keep_target_resumes_and_timeout_rolls_back(lab, run_playbook, lab_template):
+    """``keep_target: true``: a move that fails before the commit keeps the copied files on the
+    target (and nothing else: no VE, no lease, no journal), so the rerun's first round sends only
+    what changed. ``timeout``: a move that is still copying when it runs out is rolled back, the
+    source runs on, the target keeps nothing."""
+    lab1, lab2 = lab.hosts[:2]
+    names = []
+    incoming = "%s/migrations/%%s.incoming" % VZ
+    try:
+        name = _make_ve(run_playbook, lab, lab1, lab_template, "10.20.0.75")
+        names.append(name)
+        lab.exec(lab1, "lxc-attach", "-P", VZ + "/ves", "-n", name, "--", "sh", "-c",
+                 "head -c 4000000 /dev/urandom > /data/big")
+        sums = _data_sums(lab, lab1, name)
+        run = run_playbook(play([_task(name, lab2, fault="final_sync:fail", keep_target=True)], lab1),
+                           inventory=lab.inventory, expect_fail=True)
+        msg = run.task("migrate", host=lab1).msg
+        assert "VE %s was not moved to %s" % (name, lab2) in msg and "injected fault" in msg, msg
+        _state_one = _state(lab, lab1, name), _state(lab, lab2, name)
+        assert _state_one == ("RUNNING", "ABSENT"), _state_one
+        assert _exists(lab, lab2, incoming % name), "keep_target kept nothing"
+        kept = lab.exec(lab2, "sha256sum", "%s/private/upper/data/big" % (incoming % name)).stdout.split()[0]
+        assert kept == sums["./data/big"]
+        assert not _exists(lab, lab2, "%s/net/leases/10.20.0.75" % VZ)
+        assert _journal(lab, lab1, name) is None and _journal(lab, lab2, name) is None
+
+        # the rerun resumes: its first pre-copy round sends far less than the 4 MB already there
+        result = run_playbook(play([_task(name, lab2)], lab1), inventory=lab.inventory).task("migrate", host=lab1)
+        assert result.changed
+        first = result.result["rounds"][0]
+        print("resume: first round %r after keep_target (private area > 4 MB)" % first)
+        assert first["sent"] < 1000000, result.result["rounds"]
+        _one_copy(lab, name, lab2, lab1)
+        assert _data_sums(lab, lab2, name) == sums
+        assert not _exists(lab, lab2, incoming % name)
+
+        # timeout: the move back waits 4 s before its pre-copy, with 2 s to spare: rolled back
+        run = run_playbook(play([_task(name, lab1, fault="precopy:sleep:4", timeout=2)], lab2),
+                           inventory=lab.inventory, expect_fail=True)
+        msg = run.task("migrate", host=lab2).msg
+        assert "took longer than timeout (2s)" in msg and "rolled back" in msg, msg
+        _one_copy(lab, name, lab2, lab1)
+        assert not _exists(lab, lab1, incoming % name)
+        assert _journal(lab, lab1, name) is None and _journal(lab, lab2, name) is None
+        assert _data_sums(lab, lab2, name) == sums
+    finally:
+        _cleanup(run_playbook, lab, names)

@@ -283,4 +283,9 @@ def test_process_blockers_on_a_fake_proc(tmp_path):
     reasons = _criu.process_blockers(100, str(proc))
     assert reasons == ['process 102 (sleep) is in a session led from outside the VE (pid 7): started by '
                        'lxc-attach without setsid?']
+    # a runner in a pid namespace of its own sees a session led from above it as 0
+    task(103, 've', 103, 0, 'tail')
+    assert _criu.process_blockers(100, str(proc))[1] == (
+        'process 103 (tail) is in a session led from outside the VE (not visible from this host\'s '
+        'pid namespace): started by lxc-attach without setsid?')
     assert _criu.process_blockers(999, str(proc)) == ["the VE's init (pid 999) is not running"]
