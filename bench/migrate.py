@@ -127,6 +127,8 @@ def one(lab, template, size, mode, index):
                                  'osvirt.vz.ve': {'name': name, 'state': 'absent'}}], 'rm-%s-%s' % (name, host))
             except RuntimeError as exc:
                 log('cleanup on %s: %s' % (host, exc))
+            # the host a VE left keeps its address reserved; the VE is gone for good now
+            lab.exec(host, 'rm', '-f', '/var/lib/vz/net/moved/%s' % address)
 
 
 def main():

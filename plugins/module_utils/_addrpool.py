@@ -15,6 +15,14 @@ without releasing its leases (a crash). A VE being created holds its lock while 
 still in ``.tmp``, so callers must claim or allocate addresses while holding the VE's lock, and
 keep it until the VE's directory exists. A stale lease counts as free; taking it over happens under
 the old owner's lock, so two processes never take over the same lease.
+
+A VE moved to another host of the same L2 segment keeps its addresses, so the host it left must
+not hand them out again: the move leaves a *reservation* ``<vz_root>/net/moved/<address>``
+(``{"ve": name, "interface": ifname, "moved_to": host, "since": time}``) where its lease was. A
+reserved address is never allocated from a pool and never leased to another VE; the VE of that
+name may lease it again (it moves back), and its arrival on a host removes that host's
+reservations of it. A VE removed on the host it moved to leaves its reservations on the hosts it
+came from: ``release_moved`` (or removing the file) frees them.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import time
 
 from . import _validate
 from ._errors import VzError
-from ._fs import make_dirs
+from ._fs import make_dirs, read_json, write_json
 from ._locks import Lock
 
 # crash leftovers (".new-*" temporary leases, ".old-*" leases set aside) older than this are removed
@@ -116,6 +124,7 @@ class Leases:
     def __init__(self, host):
         self.host = host
         self.directory = os.path.join(host.vz_root, 'net', 'leases')
+        self.moved_directory = os.path.join(host.vz_root, 'net', 'moved')
 
     # -- reading ----------------------------------------------------------------------------
     def owner(self, address):
@@ -124,10 +133,46 @@ class Leases:
         A stale lease (VE gone, its lock free) counts as free. An unreadable lease raises VzError
         naming the file, so an operator can look at it.
         """
-        lease = self._read(canonical(address))
+        text = canonical(address)
+        lease = self._read(text)
         if lease is None or self._is_stale(lease):
-            return None
+            return self.moved(text)
         return self._check_readable(lease)
+
+    def moved(self, address):
+        """The reservation of ``address`` for a VE that moved away (``{"ve", "interface",
+        "moved_to", "since"}``), or None."""
+        found = read_json(os.path.join(self.moved_directory, canonical(address)))
+        if not isinstance(found, dict):
+            return None
+        try:
+            _validate.ve_name(found.get('ve'))
+        except VzError:
+            return None
+        return {'ve': found['ve'], 'interface': found.get('interface'), 'moved_to': found.get('moved_to'),
+                'since': found.get('since')}
+
+    def reservations(self, ve=None):
+        """Reservations of VEs that moved away: ``{address: reservation}``, of ``ve`` only when given."""
+        try:
+            names = os.listdir(self.moved_directory)
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for name in names:
+            try:
+                if canonical(name) != name:
+                    continue
+            except VzError:
+                continue   # not an address: a temporary file of a write
+            try:
+                reservation = self.moved(name)
+            except VzError as exc:
+                # not JSON: the address stays reserved (never handed out) until someone looks
+                reservation = {'ve': None, 'unreadable': str(exc)}
+            if reservation and (ve is None or reservation['ve'] == ve):
+                found[name] = reservation
+        return found
 
     def of(self, ve):
         """The addresses leased to ``ve``: ``{address: ifname}``."""
@@ -142,7 +187,7 @@ class Leases:
     def predict(self, pool, exclude=()):
         """The address ``allocate`` would give now, without claiming it (for check mode)."""
         network = parse_pool(pool)
-        skip = _exclusions(exclude, network)
+        skip = _exclusions(exclude, network) | self._reserved_in(network)
         leased = self._names_in(network)
         live = self._live_ves()
         for address in _candidates(network, skip):
@@ -163,6 +208,9 @@ class Leases:
         _validate.ve_name(ve)
         _validate.ifname(ifname)
         text = canonical(address)
+        reserved = self.moved(text)
+        if reserved and reserved['ve'] != ve:
+            raise VzError(_reserved_message(text, reserved, self.moved_directory), address=text, owner=reserved['ve'])
         self._ensure_directory()
         with self._prepared(ve, ifname) as tmp:
             outcome, lease = self._acquire(text, ve, tmp)
@@ -188,7 +236,7 @@ class Leases:
         _validate.ve_name(ve)
         _validate.ifname(ifname)
         network = parse_pool(pool)
-        skip = _exclusions(exclude, network)
+        skip = _exclusions(exclude, network) | self._reserved_in(network)
         self._ensure_directory()
         leased = self._names_in(network, clean=True)
         live = self._live_ves()
@@ -227,7 +275,44 @@ class Leases:
             self._sync_directory()
         return removed
 
+    def reserve_moved(self, ve, moved_to, since):
+        """Keep the addresses leased to ``ve`` from other VEs of this host: it moved to host
+        ``moved_to`` with them. Call before the leases are released. Returns the addresses."""
+        _validate.ve_name(ve)
+        leased = self.of(ve)
+        if leased:
+            make_dirs(os.path.dirname(self.moved_directory), 0o755)
+            make_dirs(self.moved_directory, 0o700)
+        for address, ifname in leased.items():
+            write_json(os.path.join(self.moved_directory, address),
+                       {'ve': ve, 'interface': ifname, 'moved_to': moved_to, 'since': since}, mode=0o600)
+        return sorted(leased)
+
+    def release_moved(self, ve, addresses=None):
+        """Remove the reservations of ``ve`` (all, or those in ``addresses``); return the addresses."""
+        _validate.ve_name(ve)
+        wanted = None if addresses is None else {canonical(a) for a in addresses}
+        removed = []
+        for address in sorted(self.reservations(ve)):
+            if wanted is not None and address not in wanted:
+                continue
+            try:
+                os.unlink(os.path.join(self.moved_directory, address))
+            except FileNotFoundError:
+                continue
+            removed.append(address)
+        return removed
+
     # -- internals --------------------------------------------------------------------------
+    def _reserved_in(self, network):
+        """Addresses of ``network`` reserved for VEs that moved away (never handed out here)."""
+        skip = set()
+        for address in self.reservations():
+            value = ipaddress.ip_address(address)
+            if value.version == network.version and value in network:
+                skip.add(value)
+        return skip
+
     def _path(self, text):
         return os.path.join(self.directory, text)
 
@@ -526,11 +611,17 @@ def _candidates(network, skip):
         address += 1
 
 
+def _reserved_message(address, reserved, directory):
+    return ('address %s is reserved for VE %s, which moved from this host to %s (%s) and keeps it; remove '
+            '%s/%s once no VE of that name uses it any more' % (address, reserved['ve'], reserved.get('moved_to'),
+                                                               reserved.get('since'), directory, address))
+
+
 def _exhausted(network, skip, ve, ifname):
     size = pool_size(network)
     message = 'address pool %s is exhausted: all %d addresses are in use' % (network, size)
     if skip:
-        message += ' (%d of them excluded: addresses of the bridge or gateways)' % len(skip)
+        message += ' (%d of them excluded: addresses of the bridge or gateways, or reserved for VEs that moved away)' % len(skip)
     if ve:
         message += '; VE %s asked for one for interface %s' % (ve, ifname)
     return VzError(message, pool=str(network), size=size)

@@ -451,6 +451,8 @@ class Migration:
         if os.path.exists(config):
             self.ops.set_autostart(self.name, False)
             os.rename(config, os.path.join(directory, FENCED_CONFIG))
+        # the VE keeps its addresses on the shared segment: reserved here before the leases go
+        self.ops.reserve_moved(self.name, self.where)
         self.ops.release(self.name)
 
     def _keep(self):

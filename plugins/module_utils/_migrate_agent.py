@@ -156,6 +156,14 @@ class MigrationOps:
         if os.path.isdir(os.path.join(self.host.vz_root, 'net', 'leases')):
             self.ve.net.release(name)
 
+    def reserve_moved(self, name, moved_to):
+        """Keep VE ``name``'s addresses from this host's other VEs and pools: it lives on ``moved_to``."""
+        return self.ve.net.leases.reserve_moved(name, moved_to, time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+
+    def arrived(self, name):
+        """VE ``name`` lives here now: reservations this host kept for it since it left are void."""
+        return self.ve.net.leases.release_moved(name)
+
     def after_start(self, name):
         self.ve.after_start(self.meta(name))
 
@@ -228,8 +236,10 @@ class Target:
             for cidr in (iface.get('ipv4') or []) + (iface.get('ipv6') or []):
                 owner = leases.owner(cidr.split('/')[0])
                 if owner and owner.get('ve') != name:
-                    problems.append(prefix + 'address %s (interface %s) is used there by VE %s'
-                                    % (cidr.split('/')[0], iface['name'], owner.get('ve')))
+                    problems.append(prefix + 'address %s (interface %s) is %s there by VE %s%s'
+                                    % (cidr.split('/')[0], iface['name'],
+                                       'reserved' if owner.get('moved_to') else 'used', owner.get('ve'),
+                                       ', which moved to %s' % owner['moved_to'] if owner.get('moved_to') else ''))
         limits = meta.get('limits') or {}
         facts = self.ops.ve.facts
         try:
@@ -363,6 +373,7 @@ class Target:
             raise VzError('VE %s cannot be committed on %s: its copy is not registered'
                           % (self.ve, os.uname().nodename))
         self._phase('committed')
+        self.ops.arrived(self.ve)
         if self.journal.data.get('autostart'):
             self.ops.set_autostart(self.ve, True)
         return True

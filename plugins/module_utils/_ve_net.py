@@ -452,10 +452,13 @@ class VeNetwork:
                     raise VzError('VE %s interface %s: address %s is also asked for by VE %s in this task'
                                   % (name, iface['name'], address, other))
                 owner = leases.owner(address)
+                if owner and owner.get('ve') != name and owner.get('moved_to'):
+                    raise VzError('VE %s interface %s: address %s is reserved for VE %s, which moved from this '
+                                  'host to %s with it' % (name, iface['name'], address, owner['ve'], owner['moved_to']))
                 if owner and owner.get('ve') != name:
                     raise VzError('VE %s interface %s: address %s is already used by VE %s (interface %s)'
                                   % (name, iface['name'], address, owner.get('ve'), owner.get('interface')))
-                if owner is None:
+                if owner is None or owner.get('moved_to'):
                     claims.append({'interface': iface['name'], 'address': address, 'pool': None})
                 self._task_addresses[address] = name
             for want in iface.pop('pending', []):

@@ -164,15 +164,20 @@ over_threshold:
   elements: dict
   sample: [{name: web1, resource: memory, used: 250000000, limit: 268435456, percent: 93.1, threshold: 90.0}]
 host:
-  description: Facts about the host's VE store.
+  description:
+    - Facts about the host's VE store.
+    - C(moved_addresses) lists the addresses this host keeps from its pools and other VEs because the VE that
+      had them moved to another host with them (C(ve), C(interface), C(moved_to), C(since)); remove
+      C(<vz_root>/net/moved/<address>) once that VE is gone for good.
   returned: always
   type: dict
-  sample: {vz_root: /var/lib/vz, cgroup_parent: vz, cgroup_layout: hybrid}
+  sample: {vz_root: /var/lib/vz, cgroup_parent: vz, cgroup_layout: hybrid,
+           moved_addresses: {10.20.0.20: {ve: web1, interface: eth0, moved_to: vz2, since: '2026-12-07T23:00:00Z'}}}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.osvirt.vz.plugins.module_utils import _limits, _validate
+from ansible_collections.osvirt.vz.plugins.module_utils import _addrpool, _limits, _validate
 from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, client_for, host_from, run
 from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
 
@@ -202,7 +207,8 @@ def main():
             module.warn(entry['error'])
         module.exit_json(changed=False, ves=ves, missing=missing, over_threshold=over, broken=broken,
                          host={'vz_root': host.vz_root, 'cgroup_parent': host.cgroup_parent,
-                               'cgroup_layout': manager.cgroups.layout})
+                               'cgroup_layout': manager.cgroups.layout,
+                               'moved_addresses': _addrpool.Leases(host).reservations()})
 
     run(module, job)
 

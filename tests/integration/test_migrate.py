@@ -34,6 +34,21 @@ def remove_from_lab(run_playbook, lab, name, template):
     for host in lab.hosts:
         lab.exec(host, "rm", "-rf", "%s/ves/%s.migrated" % (VZ, name), "%s/templates/%s" % (VZ, template),
                  "%s/migrations/%s.json" % (VZ, name), "%s/migrations/%s.incoming" % (VZ, name), check=False)
+    drop_reservations(lab, name)
+
+
+def drop_reservations(lab, name):
+    """Remove what hosts that VE ``name`` left keep of its addresses (net/moved/<address>), as an
+    operator does once the VE is gone for good."""
+    for host in lab.hosts:
+        lab.exec(host, "sh", "-c", 'cd %s/net/moved 2>/dev/null || exit 0; for f in *; do grep -qs \'"ve": "%s"\' '
+                 '"$f" && rm -f -- "$f"; done; exit 0' % (VZ, name), check=False)
+
+
+def reservation(lab, host, address):
+    """The reservation ``host`` keeps of ``address`` for a VE that moved away, or None."""
+    proc = lab.exec(host, "cat", "%s/net/moved/%s" % (VZ, address), check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def _state(lab, host, name):
@@ -133,6 +148,17 @@ def test_warm_then_offline_back(lab, run_playbook):
         limit = Path("/sys/fs/cgroup/memory/vzlab-%s/%s/memory.limit_in_bytes" % (lab2, name))
         assert limit.read_text().strip() == str(96 << 20)
         assert _lease_owner(lab, lab2, address) == name and _lease_owner(lab, lab1, address) is None
+        # lab1 keeps the address from its pool and its other VEs: the VE uses it on the shared segment
+        kept = reservation(lab, lab1, address)
+        assert kept and kept["ve"] == name and kept["moved_to"] == lab2, kept
+        left = run_playbook(play([{"name": "info", "osvirt.vz.ve_info": {}}], lab1), inventory=lab.inventory)
+        assert left.task("info", host=lab1)["host"]["moved_addresses"][address]["ve"] == name
+        other = run_playbook(play([{"name": "other", "osvirt.vz.ve": {
+            "name": name + "x", "template": template, "state": "stopped",
+            "network": [{"ipv4": [address + "/24"]}]}}], lab1), inventory=lab.inventory, expect_fail=True)
+        assert "is reserved for VE %s, which moved from this host to %s" % (name, lab2) in \
+            other.task("other", host=lab1).msg, other.task("other", host=lab1).msg
+        assert _state(lab, lab1, name + "x") == "ABSENT"
         assert lab.exec(lab2, "busybox", "ping", "-c1", "-W2", address, check=False).returncode == 0
         # the target announced the VE: the LAN's bridge sends its MAC to lab2's port now
         assert result["announced"], result.result
@@ -157,6 +183,9 @@ def test_warm_then_offline_back(lab, run_playbook):
         assert _state(lab, lab1, name) == "STOPPED" and _state(lab, lab2, name) == "ABSENT"
         assert _private_sums(lab, lab1, name) == sums
         assert _exists(lab, lab2, "%s/ves/%s.migrated/config.migrated" % (VZ, name))
+        # back home: lab1's reservation is void, lab2 keeps one now
+        assert reservation(lab, lab1, address) is None
+        assert reservation(lab, lab2, address)["moved_to"] == lab1
         assert not _exists(lab, lab2, "%s/ves/%s.migrated/config" % (VZ, name))
 
         # ping-pong: one more round trip, the private files unchanged every time

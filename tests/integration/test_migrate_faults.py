@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from test_migrate import VZ, _exists, _private_sums, _state, _target
+from test_migrate import VZ, _exists, _private_sums, _state, _target, drop_reservations, reservation
 from vzlib import play
 
 GATEWAY = "10.20.0.1"
@@ -87,6 +87,7 @@ def _cleanup(run_playbook, lab, names):
         for name in names:
             lab.exec(host, "rm", "-rf", "%s/ves/%s.migrated" % (VZ, name), "%s/migrations/%s.json" % (VZ, name),
                      "%s/migrations/%s.incoming" % (VZ, name), check=False)
+        drop_reservations(lab, name)
 
 
 def test_killed_and_failing_migrations_leave_one_copy(lab, run_playbook, lab_template, tmp_path):
@@ -160,8 +161,16 @@ def test_link_cut_busy_and_refusals(lab, run_playbook, lab_template, harness):
         run = run_playbook(play([_task(name, lab2)], lab1), inventory=lab.inventory)   # the rerun converges
         _one_copy(lab, name, lab2, lab1)
 
-        # preflight refusals: the address is leased on the target, the name is taken there
-        other = _make_ve(run_playbook, lab, lab1, lab_template, "10.20.0.73")   # lab1 has it free again
+        # lab1 keeps the moved VE's address from its other VEs
+        assert reservation(lab, lab1, "10.20.0.73")["moved_to"] == lab2
+        run = run_playbook(play([{"name": "ve", "osvirt.vz.ve": {
+            "name": "r" + name, "template": lab_template, "state": "stopped",
+            "network": [{"ipv4": ["10.20.0.73/24"]}]}}], lab1), inventory=lab.inventory, expect_fail=True)
+        assert "10.20.0.73 is reserved for VE %s" % name in run.task("ve", host=lab1).msg
+        # preflight refusals: the address is leased on the target (once an operator dropped lab1's
+        # reservation by hand), the name is taken there
+        drop_reservations(lab, name)
+        other = _make_ve(run_playbook, lab, lab1, lab_template, "10.20.0.73")
         names.append(other)
         run = run_playbook(play([_task(other, lab2)], lab1), inventory=lab.inventory, expect_fail=True)
         msg = run.task("migrate", host=lab1).msg

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from test_migrate import VZ, _attach, _state, _target
+from test_migrate import VZ, _attach, _state, _target, drop_reservations
 import lanclient
 from vzlib import play
 
@@ -101,3 +101,4 @@ def test_live_migration_keeps_processes(lab, run_playbook):
         for host in (lab1, lab2):
             lab.exec(host, "rm", "-rf", "%s/templates/%s" % (VZ, template), "%s/migrations/%s.json" % (VZ, name),
                      "%s/migrations/%s.incoming" % (VZ, name), check=False)
+        drop_reservations(lab, name)

@@ -248,3 +248,39 @@ def test_a_prepared_lease_has_no_name_a_kill_could_leave_behind(host, leases):
     leases.claim('web1', 'eth1', '10.20.0.7')   # the lease follows the interface: replaced by rename
     assert sorted(os.listdir(leases.directory)) == ['10.20.0.7']
     assert leases.owner('10.20.0.7')['interface'] == 'eth1'
+
+
+def test_a_moved_ves_addresses_stay_reserved_on_the_host_it_left(host, leases):
+    live(host, 'web1', 'web2')
+    assert leases.allocate('web1', 'eth0', POOL) == '10.20.0.1'
+    leases.claim('web1', 'eth1', '10.20.0.9')
+    assert leases.reserve_moved('web1', 'lab2', '2026-12-07T23:00:00Z') == ['10.20.0.1', '10.20.0.9']
+    leases.release('web1')
+    os.rmdir(host.ve_dir('web1'))
+    assert leases.of('web1') == {}
+    # the pool passes over the reserved addresses; another VE cannot claim them
+    assert leases.predict(POOL) == '10.20.0.2'
+    assert leases.allocate('web2', 'eth0', POOL) == '10.20.0.2'
+    assert leases.owner('10.20.0.9') == {'ve': 'web1', 'interface': 'eth1', 'moved_to': 'lab2',
+                                         'since': '2026-12-07T23:00:00Z'}
+    with pytest.raises(VzError, match=r'10\.20\.0\.9 is reserved for VE web1, which moved from this host to lab2'):
+        leases.claim('web2', 'eth1', '10.20.0.9')
+    # the VE of that name comes back: it leases them again; its arrival voids the reservations
+    live(host, 'web1')
+    assert leases.claim('web1', 'eth0', '10.20.0.1') is True
+    assert sorted(leases.reservations('web1')) == ['10.20.0.1', '10.20.0.9']
+    assert leases.release_moved('web1') == ['10.20.0.1', '10.20.0.9']
+    assert leases.reservations() == {}
+    assert leases.owner('10.20.0.9') is None
+
+
+def test_an_unreadable_reservation_keeps_its_address_out_of_the_pool(host, leases):
+    live(host, 'web2')
+    os.makedirs(leases.moved_directory)
+    with open(os.path.join(leases.moved_directory, '10.20.0.1'), 'w') as handle:
+        handle.write('{cut')
+    with open(os.path.join(leases.moved_directory, '.tmp-x'), 'w') as handle:
+        handle.write('')
+    assert leases.allocate('web2', 'eth0', POOL) == '10.20.0.2'
+    with pytest.raises(VzError, match='is not valid JSON'):
+        leases.owner('10.20.0.1')
