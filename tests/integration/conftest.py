@@ -349,6 +349,28 @@ class PlaybookRunner:
         return run
 
 
+# What the osvirt.vz.host role gives root on a VE host (host_subid_start / host_subid_count).
+SUBID_LINE = "root:100000:65536"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ve_host_subids():
+    """This machine is the VE host of every test that runs on localhost: give root the
+    subordinate id range of unprivileged VEs, as the host role does, before the first test.
+
+    A new machine has no such line, and without it every VE made on localhost is refused ("no
+    subordinate id range"). Before this fixture, the tests that ran first failed on a new machine
+    and those after the first host-role run (which writes the line into the machine's /etc, shared
+    by the lab hosts) passed: a run on a machine that ran everything before could not see it.
+    test_ve_bad_input hides the files to test the refusal itself.
+    """
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        text = path.read_text() if path.exists() else ""
+        if SUBID_LINE not in text.splitlines():
+            path.write_text(text + ("" if not text or text.endswith("\n") else "\n") + SUBID_LINE + "\n")
+            path.chmod(0o644)
+
+
 @pytest.fixture(scope="session")
 def localhost(tmp_path_factory) -> Path:
     """INI inventory with localhost only (connection local, Debian's python3)."""

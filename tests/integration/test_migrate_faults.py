@@ -303,7 +303,9 @@ def test_keep_target_resumes_and_timeout_rolls_back(lab, run_playbook, lab_templ
         kept = lab.exec(lab2, "sha256sum", "%s/private/upper/data/big" % (incoming % name)).stdout.split()[0]
         assert kept == sums["./data/big"]
         assert not _exists(lab, lab2, "%s/net/leases/10.20.0.75" % VZ)
-        assert _journal(lab, lab1, name) is None and _journal(lab, lab2, name) is None
+        # the source is done with it; the target's journal says what it kept, for the rerun
+        assert _journal(lab, lab1, name) is None
+        assert (_journal(lab, lab2, name) or {}).get("kept") is True, _journal(lab, lab2, name)
 
         # the rerun resumes: its first pre-copy round sends far less than the 4 MB already there
         result = run_playbook(play([_task(name, lab2)], lab1), inventory=lab.inventory).task("migrate", host=lab1)
@@ -314,6 +316,7 @@ def test_keep_target_resumes_and_timeout_rolls_back(lab, run_playbook, lab_templ
         _one_copy(lab, name, lab2, lab1)
         assert _data_sums(lab, lab2, name) == sums
         assert not _exists(lab, lab2, incoming % name)
+        assert _journal(lab, lab1, name) is None and _journal(lab, lab2, name) is None
 
         # timeout: the move back waits 4 s before its pre-copy, with 2 s to spare: rolled back
         run = run_playbook(play([_task(name, lab1, fault="precopy:sleep:4", timeout=2)], lab2),

@@ -76,7 +76,14 @@ def test_live_migration_keeps_processes(lab, run_playbook):
         _attach(lab, lab1, name, "sh", "-c", "setsid %s </dev/null >/dev/null 2>&1 &"
                 % " ".join(lanclient.echo_server_argv(7007)))
         time.sleep(1.5)   # lxc-attach's short-lived helpers are gone by then
-        pid = _attach(lab, lab1, name, "sh", "-c", "cat /tmp/counter.pid /tmp/count").stdout.split()
+        # the counter's first line may come late on a loaded machine
+        for _attempt in range(100):
+            pid = _attach(lab, lab1, name, "sh", "-c", "cat /tmp/counter.pid /tmp/count 2>/dev/null",
+                          check=False).stdout.split()
+            if len(pid) == 2:
+                break
+            time.sleep(0.2)
+        assert len(pid) == 2, "the counter inside the VE never wrote /tmp/count: %r" % pid
         task = task_of(name, lab2)
         # a client on the LAN side holds a TCP connection to the VE and pings it during the move
         with lanclient.TcpProbe(ADDRESS, 7007, duration=120, timeout=15) as tcp, lanclient.Pinger(ADDRESS, duration=120) as ping:
