@@ -114,7 +114,7 @@ unit: deps-venv collection-link
 # `make soak-kill` runs many more (docs/robustness.md).
 TEST_KILL_POINTS ?= 60
 integration: deps collection-link
-	VZ_KILL_POINTS=$${VZ_KILL_POINTS:-$(TEST_KILL_POINTS)} $(PYTEST) tests/integration
+	VZ_KILL_POINTS=$${VZ_KILL_POINTS:-$(TEST_KILL_POINTS)} $(PYTEST) tests/integration --durations=30
 
 # The kill suite (tests/integration/test_kill.py: 60 kill points, as in `make integration`) scaled up: VZ_KILL_POINTS=<n> kill points in all, VZ_KILL_SEED=<seed> to replay a run. The lab part
 # holds the machine's lab lock; figures go to .build/kill-report.json (see docs/robustness.md).
