@@ -117,18 +117,18 @@ integration: deps collection-link
 	VZ_KILL_POINTS=$${VZ_KILL_POINTS:-$(TEST_KILL_POINTS)} $(PYTEST) tests/integration --durations=30
 
 # The kill suite (tests/integration/test_kill.py: 60 kill points, as in `make integration`) scaled up: VZ_KILL_POINTS=<n> kill points in all, VZ_KILL_SEED=<seed> to replay a run. The lab part
-# holds the machine's lab lock; figures go to .build/kill-report.json (see docs/robustness.md).
+# (the tests hold the machine's test lock, tests/integration/testlock.py); figures go to .build/kill-report.json (see docs/robustness.md).
 VZ_KILL_POINTS ?= 600
 soak-kill: deps collection-link
 	VZ_KILL_POINTS=$(VZ_KILL_POINTS) $(PYTEST) tests/integration/test_kill.py -k 'not lab' -q
-	VZ_KILL_POINTS=$(VZ_KILL_POINTS) flock /run/osvirt-lab.lock $(PYTEST) tests/integration/test_kill.py -k lab -q
+	VZ_KILL_POINTS=$(VZ_KILL_POINTS) $(PYTEST) tests/integration/test_kill.py -k lab -q
 
 # A VE moved warm lab1 -> lab2 -> lab1 VZ_PINGPONG_ROUNDS times (`make test` does 2 round trips)
 # and a debian-12 VE moved warm (VZ_MIGRATE_SOAK=1; skipped in `make test`);
-# holds the machine's lab lock; results in docs/migration.md ("Soak").
+# (the tests hold the machine's test lock); results in docs/migration.md ("Soak").
 VZ_PINGPONG_ROUNDS ?= 10
 soak-migrate: deps collection-link
-	VZ_PINGPONG_ROUNDS=$(VZ_PINGPONG_ROUNDS) VZ_MIGRATE_SOAK=1 flock /run/osvirt-lab.lock $(PYTEST) \
+	VZ_PINGPONG_ROUNDS=$(VZ_PINGPONG_ROUNDS) VZ_MIGRATE_SOAK=1 $(PYTEST) \
 	    tests/integration/test_migrate_pingpong.py tests/integration/test_migrate_debian.py -q -s
 
 lint: deps-venv collection-link

@@ -9,9 +9,9 @@ or stop to running on the target), total time, each stage, the copy rounds and b
 VE is removed afterwards. Lab hosts run on this one machine, so "the network" is a veth pair:
 the figures measure rsync, SSH, LXC and the protocol, not a wire.
 
-Run as root, holding the lab lock (other jobs share the lab):
+Run as root, holding the machine's test lock (tests/integration/testlock.py; other jobs share the lab):
 
-    flock /run/osvirt-lab.lock python3 bench/migrate.py [--sizes 10M,200M,1G] [--modes offline,warm]
+    flock /run/osvirt-test.lock python3 bench/migrate.py [--sizes 10M,200M,1G] [--modes offline,warm]
                                                         [--json out.json]
 
 (ANSIBLE_COLLECTIONS_PATH and ANSIBLE_CONFIG as bench/run sets them; `make collection-link` first).

@@ -65,6 +65,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import yaml
 
+from testlock import MachineTestLock
 from vzlib import new_cgroup_parent, play, remove_cgroups
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -347,6 +348,17 @@ class PlaybookRunner:
             assert run.rc == 0, f"playbook failed\n{run.report()}"
             assert data is not None, f"no results from the vz_results callback\n{run.report()}"
         return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_test_lock():
+    """Hold the machine's test lock for the whole session (see testlock.py): another run of
+    integration tests, molecule or a benchmark on this machine waits until this one is done."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    with MachineTestLock(who="integration tests") as lock:
+        yield lock
 
 
 # What the osvirt.vz.host role gives root on a VE host (host_subid_start / host_subid_count).
