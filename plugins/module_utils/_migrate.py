@@ -26,7 +26,7 @@ from ._fs import disk_usage, remove_tree
 from ._locks import Lock
 from ._migrate_agent import IDLE, Channel, MigrationOps, _run
 from ._migrate_journal import MAX_ROUNDS, MODES, ROUND_THRESHOLD, Journal, downtime, next_round, plan_steps, \
-    resume_action
+    resumable_copy, resume_action
 
 # What of a VE's directory goes to the target: its config, metadata and private upper layer (the
 # overlay's work directory is made anew there; logs and the running record stay behind).
@@ -156,7 +156,9 @@ class Migration:
             self.channel = self._connect()
             hello = self._hello(self.channel)
             self.timings['connect'] = round(time.monotonic() - started, 3)
-            if self.journal.exists or hello['journal']:
+            if resumable_copy(self.journal.data if self.journal.exists else None, hello['journal']):
+                self.recovered.append('target: copying onto the files an earlier try kept (keep_target)')
+            elif self.journal.exists or hello['journal']:
                 if self.check_mode:
                     return self._result(True, 'unfinished', plan=['resume the unfinished migration'])
                 outcome = self._resume(hello)

@@ -133,6 +133,14 @@ def resume_action(source, target):
     return 'rollback'
 
 
+def resumable_copy(source, target):
+    """True when the only thing left of an earlier migration is a copy the target kept for a resume
+    (``keep_target``: rolled back with the copied files kept, nothing registered): a new run copies
+    onto it instead of rolling it back, so only what changed since is sent again."""
+    return (source is None and isinstance(target, dict) and target.get('phase') == 'staging'
+            and bool(target.get('kept')))
+
+
 def plan_steps(mode, running, template_missing, keep_source):
     """The source's steps for one migration (names of ``SOURCE_STEPS``), in order."""
     steps = ['template'] if template_missing else []

@@ -83,6 +83,17 @@ def test_resume_action(source, target, action):
     assert mj.resume_action(source, target) == action
 
 
+@pytest.mark.parametrize('source, target, resumable', [
+    (None, {'phase': 'staging', 'kept': True}, True),             # keep_target: a copy to resume onto
+    (None, {'phase': 'staging'}, False),                          # an abandoned copy: rolled back
+    (None, {'phase': 'registered', 'kept': True}, False),         # something registered: rolled back
+    ({'done': ['precopy']}, {'phase': 'staging', 'kept': True}, False),   # the source is unfinished too
+    (None, None, False), (None, 'unreachable', False),
+])
+def test_resumable_copy(source, target, resumable):
+    assert mj.resumable_copy(source, target) is resumable
+
+
 # -- plan and figures ---------------------------------------------------------------------------
 def test_plans():
     assert mj.plan_steps('warm', True, True, False) == [
