@@ -265,7 +265,7 @@ class Migration:
                                             self.host))
         pid = self.ops.state(self.name)['pid']
         if pid and hasattr(_criu, 'process_blockers'):
-            blockers += _criu.process_blockers(pid)
+            blockers += _criu.process_blockers(pid) + _criu.mount_blockers(pid)
         return '; '.join(blockers) if blockers else None
 
     # -- doing it -------------------------------------------------------------------------

@@ -289,3 +289,15 @@ def test_process_blockers_on_a_fake_proc(tmp_path):
         'process 103 (tail) is in a session led from outside the VE (not visible from this host\'s '
         'pid namespace): started by lxc-attach without setsid?')
     assert _criu.process_blockers(999, str(proc)) == ["the VE's init (pid 999) is not running"]
+
+
+def test_mount_blockers_name_ramfs_credentials(tmp_path):
+    (tmp_path / '42').mkdir()
+    (tmp_path / '42' / 'mountinfo').write_text(
+        '600 500 0:31 / / rw,relatime - overlay overlay rw,lowerdir=/a,upperdir=/b,workdir=/c\n'
+        '601 600 0:5 / /dev rw - tmpfs none rw,size=492k\n'
+        '672 601 0:58 / /run/credentials/systemd-tmpfiles-setup.service ro,nosuid - ramfs ramfs rw,mode=700\n')
+    assert _criu.mount_blockers(42, str(tmp_path)) == [
+        'mount /run/credentials/systemd-tmpfiles-setup.service inside the VE is ramfs, which CRIU cannot dump '
+        "(systemd's service credentials)"]
+    assert _criu.mount_blockers(43, str(tmp_path)) == []
