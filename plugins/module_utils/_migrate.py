@@ -22,7 +22,7 @@ import time
 
 from . import _criu, _validate
 from ._errors import VzError
-from ._fs import disk_usage, remove_tree
+from ._fs import disk_usage, remove_tree, sync_filesystem
 from ._locks import Lock
 from ._migrate_agent import IDLE, Channel, MigrationOps, _run
 from ._migrate_journal import MAX_ROUNDS, MODES, ROUND_THRESHOLD, Journal, downtime, next_round, plan_steps, \
@@ -369,6 +369,11 @@ class Migration:
             moved.append(stats['files'])
             self.rounds_done.append({'round': len(moved), 'bytes': stats['files'], 'sent': stats['sent'],
                                      'seconds': seconds})
+        # both sides write back what the rounds dirtied while the VE still runs (see sync_filesystem)
+        started = time.monotonic()
+        self.channel.call('flush')
+        sync_filesystem(self.host.ve_dir(self.name))
+        self.timings['flush'] = round(time.monotonic() - started, 3)
         self.channel.call('prepare')
 
     def _final_sync(self, meta):

@@ -36,7 +36,7 @@ from . import _addrpool, _announce, _criu, _limits, _quota, _validate
 from ._engine.client import LxcClient
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import make_dirs, read_json, remove_tree, write_json
+from ._fs import make_dirs, read_json, remove_tree, sync_filesystem, write_json
 from ._host import Host
 from ._locks import Lock
 from ._migrate_journal import Journal
@@ -311,6 +311,11 @@ class Target:
         TemplateStore(self.host).publish_copy(name, version, staging, origin)
         copied = (self.journal.data or {}).get('templates_copied', [])
         self._phase(None, templates_copied=copied + ['%s@%s' % (name, version)])
+        return True
+
+    def op_flush(self):
+        """Write the copied files back to disk now, not in the first fsync of the downtime."""
+        sync_filesystem(incoming_dir(self.host, self.ve))
         return True
 
     def op_prepare(self):
