@@ -92,7 +92,8 @@ def apply(mark, ves, state, reason=None, by=None, record=None, forget=None, forc
     """The mark and record that the module's options ask for, from the current ones.
 
     ``mark``: the current mark (dict or None); ``ves``: the current record (VE -> entry);
-    ``state``: ``present`` (set the mark), ``absent`` (clear it) or ``query`` (change nothing);
+    ``state``: ``present`` (set the mark), ``absent`` (clear it), ``query`` (change nothing) or None
+    (leave the mark as it is, change only the record);
     ``record``: VE -> entry to add or replace; ``forget``: VEs to drop from the record.
     Returns ``(mark, ves)``, new objects; the inputs are not changed. Raises VzError for bad input,
     for a record given with ``state=absent`` and for clearing the mark while VEs are still recorded
@@ -112,6 +113,8 @@ def apply(mark, ves, state, reason=None, by=None, record=None, forget=None, forc
         if record or forget or reason is not None or by is not None:
             raise VzError('state=query changes nothing: leave out reason, by, record and forget')
         return mark, dict(ves)
+    if state is None and (reason is not None or by is not None):
+        raise VzError('reason and by belong to the mark: give state=present with them')
     if state == 'absent' and record:
         raise VzError('record with state=absent: a host that is no longer draining keeps no evacuation record; '
                       'use state=present to record where VEs went')
@@ -126,6 +129,8 @@ def apply(mark, ves, state, reason=None, by=None, record=None, forget=None, forc
             continue
         entry['updated'] = now
         entries[name] = entry
+    if state is None:
+        return mark, entries
     if state == 'present':
         if mark is None:
             mark = {'since': now, 'reason': reason or '', 'by': by or ''}

@@ -27,9 +27,9 @@ options:
       - V(present) marks the host draining (and records O(record)).
       - V(absent) clears the mark and the (then empty) record.
       - V(query) changes nothing and returns the mark and the record.
+      - Not given, the mark stays as it is and only O(record) and O(forget) change the record.
     type: str
     choices: [present, absent, query]
-    default: present
   reason:
     description: Why the host is drained, kept in the mark. Left as it is when not given.
     type: str
@@ -38,7 +38,7 @@ options:
     type: str
   record:
     description:
-      - VEs to add to the evacuation record or to update there, by name. Only with O(state=present).
+      - VEs to add to the evacuation record or to update there, by name. Not with O(state=absent).
       - Each value has C(target) (the inventory hostname the VE goes to), C(mode) (V(offline), V(warm) or V(live)),
         C(state_before) (V(running), V(stopped) or V(frozen)) and C(status) (V(moving) before the migration,
         V(moved) after it; default V(moved)).
@@ -67,7 +67,7 @@ EXAMPLES = r'''
     reason: kernel update
     by: ops
 
-- name: Record that web1 is on its way to vz2
+- name: Record that web1 is on its way to vz2 (the mark stays as it is)
   osvirt.vz.host_drain:
     record:
       web1: {target: vz2, mode: warm, state_before: running, status: moving}
@@ -77,10 +77,13 @@ EXAMPLES = r'''
     state: query
   register: drain
 
-- name: Forget web1 (it is back) and clear the mark
+- name: Forget web1, it is back
+  osvirt.vz.host_drain:
+    forget: [web1]
+
+- name: Clear the mark (refused while the record lists VEs that are not back)
   osvirt.vz.host_drain:
     state: absent
-    forget: [web1]
 '''
 
 RETURN = r'''
@@ -105,7 +108,7 @@ from ansible_collections.osvirt.vz.plugins.module_utils._module import run
 def main():
     module = AnsibleModule(
         argument_spec={
-            'state': {'type': 'str', 'choices': ['present', 'absent', 'query'], 'default': 'present'},
+            'state': {'type': 'str', 'choices': ['present', 'absent', 'query']},
             'reason': {'type': 'str'},
             'by': {'type': 'str'},
             'record': {'type': 'dict'},

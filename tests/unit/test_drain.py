@@ -131,3 +131,13 @@ def test_missing_store_and_broken_files(tmp_path):
         HostDrain(str(tmp_path)).change(state='query')
     with pytest.raises(VzError, match='absolute path'):
         HostDrain('relative/path')
+
+
+def test_no_state_changes_only_the_record():
+    mark = {'since': NOW, 'reason': 'kernel', 'by': 'ops'}
+    ves = {'web1': dict(WEB1, updated=NOW), 'db1': dict(WEB1, updated=NOW)}
+    assert apply(mark, ves, None, forget=['web1']) == (mark, {'db1': ves['db1']})
+    assert apply(None, {}, None, record={'web1': WEB1}, now=LATER) == (None, {'web1': dict(WEB1, updated=LATER)})
+    assert apply(mark, ves, None) == (mark, ves)
+    with pytest.raises(VzError, match='give state=present'):
+        apply(mark, ves, None, reason='x')
