@@ -338,3 +338,21 @@ def test_hundred_hosts_thousand_ves_is_quick():
     result = place(hosts, ves).as_dict()
     assert time.monotonic() - start < 10
     assert all(len(members) == 10 for members in result['per_host'].values())
+
+
+# -- the filters -------------------------------------------------------------------------------
+def test_filter_returns_the_interface_and_raises_filter_errors():
+    from ansible.errors import AnsibleFilterError
+    from ansible_collections.osvirt.vz.plugins.filter.placement import placement
+    result = placement(fleet(2), [ve('a'), ve('b')])
+    assert result['per_host'] == {'h1': ['a'], 'h2': ['b']}
+    with pytest.raises(AnsibleFilterError, match="unknown placement strategy 'fill': use spread or pack"):
+        placement(fleet(2), [ve('a')], strategy='fill')
+
+
+def test_placed_ves_strips_placement_keys():
+    from ansible_collections.osvirt.vz.plugins.filter.placement import placed_ves, placement
+    ves = [ve('b', anti_affinity='g'), ve('a', anti_affinity='g', host='h2'), ve('c')]
+    result = placement(fleet(2), ves)
+    assert placed_ves(ves, result, 'h2') == [{'name': 'a', 'template': 'busybox'}]
+    assert [item['name'] for item in placed_ves(ves, result, 'h1')] == ['b', 'c']
