@@ -1,9 +1,9 @@
 # Copyright (c) osvirt developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Filters of capacity-aware placement: osvirt.vz.placement and osvirt.vz.placed_ves.
+"""Filters of capacity-aware placement and the provision role: placement, placed_ves, provision_plan.
 
 Each filter is documented in the YAML file of its name next to this one; the logic lives in
-plugins/module_utils/_placement.py.
+plugins/module_utils/_placement.py and _provision.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.osvirt.vz.plugins.module_utils import _placement
+from ansible_collections.osvirt.vz.plugins.module_utils import _placement, _provision
 from ansible_collections.osvirt.vz.plugins.module_utils._errors import VzError
 
 
@@ -49,6 +49,20 @@ def placed_ves(ves, result, host):
     return sorted(items, key=lambda item: item['name'])
 
 
+def provision_plan(host_facts, result, ves, owner, prune=False, templates=None):
+    """Templates to build or copy and VEs to prune after a placement (the provision role's plan)."""
+    definitions = {}
+    for item in _plain(templates) or []:
+        if not isinstance(item, dict) or not item.get('name'):
+            raise AnsibleFilterError('every template definition must be a dict with name, got %r' % (item,))
+        definitions[item['name']] = dict((k, v) for k, v in item.items() if k != 'name')
+    try:
+        return _provision.provision_plan(_plain(host_facts), _plain(result), _plain(ves), _plain(owner),
+                                         bool(prune), definitions)
+    except VzError as exc:
+        raise AnsibleFilterError(exc.message)
+
+
 class FilterModule:
     def filters(self):
-        return {'placement': placement, 'placed_ves': placed_ves}
+        return {'placement': placement, 'placed_ves': placed_ves, 'provision_plan': provision_plan}
