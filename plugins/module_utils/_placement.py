@@ -324,8 +324,8 @@ def _capacity_note(host, resource):
     show = [s for r, _k, s in RESOURCES if r == resource][0]
     if resource == 'disk':
         return 'disk free %s' % show(host.size['disk'])
-    return '%s %s x overcommit %g, %s guaranteed' % (resource, show(host.size[resource]), host.overcommit,
-                                                   show(host.used[resource]))
+    return '%s %s x overcommit %g, %s guaranteed' % (
+        resource, show(host.size[resource]), host.overcommit, show(host.used[resource]))
 
 
 def _fits_nowhere(ve, need, hosts):
@@ -339,6 +339,5 @@ def _fits_nowhere(ve, need, hosts):
                     % (ve, key[0], key[1], show(need[resource]), show(max(best.free(resource), 0)), best.name,
                        _capacity_note(best, resource)))
     # each resource alone fits somewhere, but no host has all of them at once
-    return ('VE %s fits on no host: no host has %s free at the same time (free: %s)'
-            % (ve, _show_need(need), '; '.join('%s %s' % (h.name, h.describe_free())
-                                                for h in sorted(hosts, key=lambda h: h.name))))
+    free = '; '.join('%s %s' % (h.name, h.describe_free()) for h in sorted(hosts, key=lambda h: h.name))
+    return 'VE %s fits on no host: no host has %s free at the same time (free: %s)' % (ve, _show_need(need), free)

@@ -103,14 +103,17 @@ def template_plan(host_facts, placement, desired, definitions=None):
 
 
 def prune_plan(host_facts, placement, owner):
-    """{host: [VEs of ``owner`` on it that the placement no longer lists]}, every host present."""
+    """{host: [{'name': ve}] of ``owner`` on it that the placement no longer lists}, every host present.
+
+    Items, not names: the list goes to osvirt.vz.ve's ``ves`` as it is.
+    """
     if not owner:
         raise VzError('prune needs an owner: only VEs of that owner are ever removed')
     prune = {}
     for host in sorted(host_facts):
         ves = (host_facts[host] or {}).get('ves') or {}
-        prune[host] = sorted(name for name, info in ves.items()
-                             if (info or {}).get('owner') == owner and placement.get(name) != host)
+        prune[host] = [{'name': name} for name in sorted(ves)
+                       if (ves[name] or {}).get('owner') == owner and placement.get(name) != host]
     return prune
 
 
@@ -122,5 +125,6 @@ def provision_plan(host_facts, placement_result, desired, owner, prune=False, de
     lines = list(placement_result.get('plan') or []) + templates['plan']
     for host in sorted(pruned):
         if pruned[host]:
-            lines.append('prune on %s (owner %s, no longer listed): %s' % (host, owner, ', '.join(pruned[host])))
+            lines.append('prune on %s (owner %s, no longer listed): %s'
+                         % (host, owner, ', '.join(item['name'] for item in pruned[host])))
     return {'templates': templates, 'prune': pruned, 'plan': lines}

@@ -61,8 +61,8 @@ def test_template_with_definition_is_built_with_it():
 
 def test_all_present_nothing_to_do():
     hosts = {'h1': facts({'busybox': [V1]}), 'h2': facts({'busybox': [V1]})}
-    plan = template_plan(hosts, {'a': 'h1', 'b': 'h2'}, [{'name': 'a', 'template': 'busybox'},
-                                                        {'name': 'b', 'template': 'busybox'}])
+    desired = [{'name': 'a', 'template': 'busybox'}, {'name': 'b', 'template': 'busybox'}]
+    plan = template_plan(hosts, {'a': 'h1', 'b': 'h2'}, desired)
     assert plan['build'] == {} and plan['copy'] == {} and plan['ready'] == {'h1': True, 'h2': True}
     assert plan['plan'] == ['templates: every host has what its VEs use']
 
@@ -75,7 +75,7 @@ def test_prune_only_the_owners_unlisted_ves():
     hosts = {'h1': facts(ves={'a': {'owner': 'provision'}, 'old': {'owner': 'provision'}, 'theirs': {'owner': 'ci'},
                               'nobody': {'owner': None}}),
              'h2': facts(ves={'b': {'owner': 'provision'}})}
-    assert prune_plan(hosts, {'a': 'h1', 'b': 'h2'}, 'provision') == {'h1': ['old'], 'h2': []}
+    assert prune_plan(hosts, {'a': 'h1', 'b': 'h2'}, 'provision') == {'h1': [{'name': 'old'}], 'h2': []}
     with pytest.raises(VzError, match='prune needs an owner'):
         prune_plan(hosts, {}, '')
 
@@ -84,7 +84,7 @@ def test_provision_plan_joins_the_lines():
     hosts = {'h1': facts(ves={'old': {'owner': 'provision'}}), 'h2': facts()}
     result = {'placement': {'a': 'h2'}, 'plan': ['placement ...']}
     plan = provision_plan(hosts, result, [{'name': 'a', 'template': 'busybox'}], 'provision', prune=True)
-    assert plan['prune'] == {'h1': ['old'], 'h2': []}
+    assert plan['prune'] == {'h1': [{'name': 'old'}], 'h2': []}
     assert plan['plan'] == ['placement ...', 'template busybox: built on h2',
                             'prune on h1 (owner provision, no longer listed): old']
     assert provision_plan(hosts, result, [], 'provision')['prune'] == {'h1': [], 'h2': []}
