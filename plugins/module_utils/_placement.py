@@ -119,8 +119,8 @@ class HostState:
         self.new.append(ve)
 
     def describe_free(self):
-        return ', '.join('%s %s' % (resource, show(max(self.free(resource), 0)))
-                         for resource, _key, show in RESOURCES)
+        return ', '.join('%s %s' % (resource, (_limits.human_bits if resource == 'net' else _approx_bytes)(
+            max(self.free(resource), 0))) for resource, _key, _show in RESOURCES)
 
 
 def _need(name, limits):
@@ -153,6 +153,14 @@ def _desired(ves):
             raise VzError('VE %s: anti_affinity must be a group name (a non-empty string), got %r' % (name, group))
         desired[name] = {'host': host, 'group': group, 'need': _need(name, item.get('limits'))}
     return desired
+
+
+def _approx_bytes(value):
+    """Bytes rounded for the plan (23.5G, 512M); error messages keep exact figures."""
+    for unit, factor in (('T', 1 << 40), ('G', 1 << 30), ('M', 1 << 20), ('K', 1 << 10)):
+        if value >= factor:
+            return ('%.1f' % (value / float(factor))).rstrip('0').rstrip('.') + unit
+    return '%dB' % value
 
 
 def _show_need(need):

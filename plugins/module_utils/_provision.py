@@ -39,8 +39,8 @@ def template_plan(host_facts, placement, desired, definitions=None):
     ``definitions`` maps a template name to the osvirt.vz.template options that build it
     (``source`` and friends); a template no host has and no definition names is built with the
     module's default source only when it is ``busybox``, else refused. Returns
-    ``{'build': {host: [{name, ...options}]}, 'copy': {host: [{name, version or None, from}]},
-    'ready': {host: bool}, 'plan': [lines]}``; ``version`` None means the newest on ``from``
+    ``{'builds': {host: [{name, ...options}]}, 'copies': {host: [{name, version or None, from}]},
+    'ready': {host: bool}, 'plan': [lines]}`` (not ``copy``: Jinja would find dict.copy first); ``version`` None means the newest on ``from``
     (a version that host builds in this run).
     """
     definitions = definitions or {}
@@ -50,7 +50,7 @@ def template_plan(host_facts, placement, desired, definitions=None):
             for version in versions or []:
                 have.setdefault(tname, {}).setdefault(version, []).append(host)
     needs = _needed(desired, placement)
-    build, copy, lines = {}, {}, []
+    builds, copies, lines = {}, {}, []
     builders = {}
     # decide builds first: the first host (by name) that needs a template nobody has
     for host in sorted(needs):
@@ -67,7 +67,7 @@ def template_plan(host_facts, placement, desired, definitions=None):
             builders[tname] = host
             spec = dict(definitions.get(tname) or {})
             spec['name'] = tname
-            build.setdefault(host, []).append(spec)
+            builds.setdefault(host, []).append(spec)
             lines.append('template %s: built on %s' % (tname, host))
     for host in sorted(needs):
         for tname in sorted(needs[host]):
@@ -78,14 +78,14 @@ def template_plan(host_facts, placement, desired, definitions=None):
                     if builders.get(tname) == host:
                         continue
                     if tname in builders:
-                        copy.setdefault(host, []).append({'name': tname, 'version': None, 'from': builders[tname]})
+                        copies.setdefault(host, []).append({'name': tname, 'version': None, 'from': builders[tname]})
                         lines.append('template %s: %s copies the new build from %s' % (tname, host, builders[tname]))
                         continue
                     newest = max(versions)
                     if newest in owned:
                         continue
                     source = sorted(versions[newest])[0]
-                    copy.setdefault(host, []).append({'name': tname, 'version': newest, 'from': source})
+                    copies.setdefault(host, []).append({'name': tname, 'version': newest, 'from': source})
                     lines.append('template %s@%s: %s copies it from %s' % (tname, newest, host, source))
                     continue
                 if version in owned:
@@ -94,12 +94,12 @@ def template_plan(host_facts, placement, desired, definitions=None):
                     raise VzError('template %s@%s is used by VEs placed on %s but no host has that version (versions '
                                   'in the fleet: %s)' % (tname, version, host, ', '.join(sorted(versions)) or 'none'))
                 source = sorted(versions[version])[0]
-                copy.setdefault(host, []).append({'name': tname, 'version': version, 'from': source})
+                copies.setdefault(host, []).append({'name': tname, 'version': version, 'from': source})
                 lines.append('template %s@%s: %s copies it from %s' % (tname, version, host, source))
-    ready = dict((host, host not in build and host not in copy) for host in sorted(host_facts))
+    ready = dict((host, host not in builds and host not in copies) for host in sorted(host_facts))
     if not lines:
         lines.append('templates: every host has what its VEs use')
-    return {'build': build, 'copy': copy, 'ready': ready, 'plan': lines}
+    return {'builds': builds, 'copies': copies, 'ready': ready, 'plan': lines}
 
 
 def prune_plan(host_facts, placement, owner):

@@ -321,7 +321,7 @@ def test_result_shape_and_plan():
     assert result['new'] == ['new1'] and result['kept'] == ['old']
     assert result['per_host'] == {'h1': ['old'], 'h2': ['new1']}
     assert result['plan'][0] == 'placement of 2 VE(s) on 2 host(s), strategy spread: 1 new, 1 kept'
-    assert result['plan'][2].startswith('h2: 1 VE(s), new: new1; kept: -; free after: memory 8128M, net 10Gbit, disk 100G')
+    assert result['plan'][2].startswith('h2: 1 VE(s), new: new1; kept: -; free after: memory 7.9G, net 10Gbit, disk 100G')
 
 
 def test_empty_inputs():

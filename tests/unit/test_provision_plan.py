@@ -17,8 +17,8 @@ def test_nobody_has_it_one_build_then_copies():
     desired = [{'name': 'a', 'template': 'busybox'}, {'name': 'b', 'template': 'busybox'},
                {'name': 'c', 'template': 'busybox'}]
     plan = template_plan(hosts, {'a': 'h2', 'b': 'h3', 'c': 'h1'}, desired)
-    assert plan['build'] == {'h1': [{'name': 'busybox'}]}
-    assert plan['copy'] == {'h2': [{'name': 'busybox', 'version': None, 'from': 'h1'}],
+    assert plan['builds'] == {'h1': [{'name': 'busybox'}]}
+    assert plan['copies'] == {'h2': [{'name': 'busybox', 'version': None, 'from': 'h1'}],
                             'h3': [{'name': 'busybox', 'version': None, 'from': 'h1'}]}
     assert plan['ready'] == {'h1': False, 'h2': False, 'h3': False}
 
@@ -28,8 +28,8 @@ def test_fleet_newest_version_is_copied_where_missing():
     desired = [{'name': 'a', 'template': 'busybox'}, {'name': 'b', 'template': 'busybox'},
                {'name': 'c', 'template': 'busybox'}]
     plan = template_plan(hosts, {'a': 'h1', 'b': 'h2', 'c': 'h3'}, desired)
-    assert plan['build'] == {}
-    assert plan['copy'] == {'h1': [{'name': 'busybox', 'version': V2, 'from': 'h2'}],
+    assert plan['builds'] == {}
+    assert plan['copies'] == {'h1': [{'name': 'busybox', 'version': V2, 'from': 'h2'}],
                             'h3': [{'name': 'busybox', 'version': V2, 'from': 'h2'}]}
     assert plan['ready'] == {'h1': False, 'h2': True, 'h3': False}
 
@@ -37,7 +37,7 @@ def test_fleet_newest_version_is_copied_where_missing():
 def test_pinned_version():
     hosts = {'h1': facts({'busybox': [V1, V2]}), 'h2': facts({'busybox': [V2]})}
     plan = template_plan(hosts, {'a': 'h2'}, [{'name': 'a', 'template': 'busybox@' + V1}])
-    assert plan['copy'] == {'h2': [{'name': 'busybox', 'version': V1, 'from': 'h1'}]}
+    assert plan['copies'] == {'h2': [{'name': 'busybox', 'version': V1, 'from': 'h1'}]}
 
 
 def test_pinned_version_nobody_has():
@@ -56,19 +56,19 @@ def test_template_with_definition_is_built_with_it():
     source = {'type': 'debootstrap', 'suite': 'bookworm'}
     plan = template_plan({'h1': facts(), 'h2': facts()}, {'a': 'h2'}, [{'name': 'a', 'template': 'debian-12'}],
                          {'debian-12': {'source': source}})
-    assert plan['build'] == {'h2': [{'name': 'debian-12', 'source': source}]} and plan['copy'] == {}
+    assert plan['builds'] == {'h2': [{'name': 'debian-12', 'source': source}]} and plan['copies'] == {}
 
 
 def test_all_present_nothing_to_do():
     hosts = {'h1': facts({'busybox': [V1]}), 'h2': facts({'busybox': [V1]})}
     desired = [{'name': 'a', 'template': 'busybox'}, {'name': 'b', 'template': 'busybox'}]
     plan = template_plan(hosts, {'a': 'h1', 'b': 'h2'}, desired)
-    assert plan['build'] == {} and plan['copy'] == {} and plan['ready'] == {'h1': True, 'h2': True}
+    assert plan['builds'] == {} and plan['copies'] == {} and plan['ready'] == {'h1': True, 'h2': True}
     assert plan['plan'] == ['templates: every host has what its VEs use']
 
 
 def test_ve_without_template_needs_none():
-    assert template_plan({'h1': facts()}, {'a': 'h1'}, [{'name': 'a'}])['build'] == {}
+    assert template_plan({'h1': facts()}, {'a': 'h1'}, [{'name': 'a'}])['builds'] == {}
 
 
 def test_prune_only_the_owners_unlisted_ves():
