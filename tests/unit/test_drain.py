@@ -15,19 +15,19 @@ WEB1 = {'target': 'lab2', 'mode': 'warm', 'state_before': 'running', 'status': '
 def test_mark_set_once_keeps_its_time():
     mark, ves = apply(None, {}, 'present', reason='kernel', by='ops', now=NOW)
     assert mark == {'since': NOW, 'reason': 'kernel', 'by': 'ops'} and ves == {}
-    again, _ = apply(mark, {}, 'present', now=LATER)
+    again = apply(mark, {}, 'present', now=LATER)[0]
     assert again == mark
-    changed, _ = apply(mark, {}, 'present', reason='disk swap', now=LATER)
+    changed = apply(mark, {}, 'present', reason='disk swap', now=LATER)[0]
     assert changed == {'since': NOW, 'reason': 'disk swap', 'by': 'ops'}
     assert mark['reason'] == 'kernel'   # inputs are not changed
 
 
 def test_record_added_and_unchanged_entry_keeps_its_stamp():
-    _, ves = apply(None, {}, 'present', record={'web1': dict(WEB1, status='moving')}, now=NOW)
+    ves = apply(None, {}, 'present', record={'web1': dict(WEB1, status='moving')}, now=NOW)[1]
     assert ves == {'web1': dict(WEB1, status='moving', updated=NOW)}
-    _, same = apply({'since': NOW}, ves, 'present', record={'web1': dict(WEB1, status='moving')}, now=LATER)
+    same = apply({'since': NOW}, ves, 'present', record={'web1': dict(WEB1, status='moving')}, now=LATER)[1]
     assert same == ves
-    _, moved = apply({'since': NOW}, ves, 'present', record={'web1': WEB1}, now=LATER)
+    moved = apply({'since': NOW}, ves, 'present', record={'web1': WEB1}, now=LATER)[1]
     assert moved == {'web1': dict(WEB1, updated=LATER)}
 
 
@@ -82,22 +82,22 @@ def test_files_keep_other_keys_and_are_idempotent(tmp_path):
     assert changed and before['draining'] is None and after['draining']['reason'] == 'kernel'
     assert 'draining' not in json.loads((tmp_path / 'host.json').read_text())   # check mode wrote nothing
 
-    changed, _, after = drain.change(state='present', reason='kernel', by='ops',
-                                     record={'web1': dict(WEB1, status='moving')})
+    changed, after = drain.change(state='present', reason='kernel', by='ops',
+                                  record={'web1': dict(WEB1, status='moving')})[::2]
     settings = json.loads((tmp_path / 'host.json').read_text())
     assert changed and settings['overcommit'] == 1.5 and settings['bridge'] == 'vzbr0'
     assert settings['draining'] == after['draining']
     record = json.loads((tmp_path / 'evacuated.json').read_text())
     assert record['schema'] == 1 and record['ves']['web1']['status'] == 'moving'
 
-    changed, _, _ = drain.change(state='present', reason='kernel', by='ops', record={'web1': dict(WEB1, status='moving')})
+    changed = drain.change(state='present', reason='kernel', by='ops', record={'web1': dict(WEB1, status='moving')})[0]
     assert not changed
-    changed, _, after = drain.change(state='query')
+    changed, after = drain.change(state='query')[::2]
     assert not changed and after['evacuated']['web1']['target'] == 'lab2'
 
     with pytest.raises(VzError, match='restore them first'):
         drain.change(state='absent')
-    changed, _, after = drain.change(state='absent', forget=['web1'])
+    changed, after = drain.change(state='absent', forget=['web1'])[::2]
     assert changed and after == {'draining': None, 'evacuated': {}}
     assert not (tmp_path / 'evacuated.json').exists()
     assert json.loads((tmp_path / 'host.json').read_text()) == {'cgroup_parent': 'vz', 'bridge': 'vzbr0',
