@@ -19,7 +19,7 @@ def test_nobody_has_it_one_build_then_copies():
     plan = template_plan(hosts, {'a': 'h2', 'b': 'h3', 'c': 'h1'}, desired)
     assert plan['builds'] == {'h1': [{'name': 'busybox'}]}
     assert plan['copies'] == {'h2': [{'name': 'busybox', 'version': None, 'from': 'h1'}],
-                            'h3': [{'name': 'busybox', 'version': None, 'from': 'h1'}]}
+                              'h3': [{'name': 'busybox', 'version': None, 'from': 'h1'}]}
     assert plan['ready'] == {'h1': False, 'h2': False, 'h3': False}
 
 
@@ -30,7 +30,7 @@ def test_fleet_newest_version_is_copied_where_missing():
     plan = template_plan(hosts, {'a': 'h1', 'b': 'h2', 'c': 'h3'}, desired)
     assert plan['builds'] == {}
     assert plan['copies'] == {'h1': [{'name': 'busybox', 'version': V2, 'from': 'h2'}],
-                            'h3': [{'name': 'busybox', 'version': V2, 'from': 'h2'}]}
+                              'h3': [{'name': 'busybox', 'version': V2, 'from': 'h2'}]}
     assert plan['ready'] == {'h1': False, 'h2': True, 'h3': False}
 
 
