@@ -62,11 +62,26 @@ def patch_argv_line(argv):
     return _call(_patch.argv_line, argv)
 
 
+def patch_commands(value, what='commands'):
+    """The checked list of argv commands."""
+    return _call(_patch.commands, value, what)
+
+
+def patch_unreachable_hosts(listings):
+    """The hosts of the listings that could not be reached."""
+    return _call(_patch.unreachable_hosts, listings)
+
+
 def patch_plan(listings, template=None, version=None, mode='image', include_stopped=True, only=None,
                exclude=None):
     """Which VEs the rollout patches, canary first, and which it skips and why."""
     return _call(_patch.plan, listings, template=template, version=version, mode=mode,
                  include_stopped=include_stopped, only=only, exclude=exclude)
+
+
+def patch_source(listings, template, host=None, version=None):
+    """The build host of the new version and the template's newest version there."""
+    return _call(_patch.source, listings, template, host=host, version=version)
 
 
 def patch_outcome(entry, status, message=None, rebase=None):
@@ -99,7 +114,10 @@ class FilterModule:
             'patch_health': patch_health,
             'patch_healthy': patch_healthy,
             'patch_argv_line': patch_argv_line,
+            'patch_commands': patch_commands,
+            'patch_unreachable_hosts': patch_unreachable_hosts,
             'patch_plan': patch_plan,
+            'patch_source': patch_source,
             'patch_outcome': patch_outcome,
             'patch_report': patch_report,
         }

@@ -182,6 +182,15 @@ def argv_line(argv):
     return ' '.join(shlex.quote(a) for a in argv)
 
 
+def commands(value, what):
+    """Check a list of commands, each an argv list of strings; returns it."""
+    if not isinstance(value, list) or not all(isinstance(c, list) and c and all(isinstance(a, str) for a in c)
+                                              for c in value):
+        raise VzError('%s must be a list of commands, each a non-empty list of strings (argv), got %r'
+                      % (what, value))
+    return value
+
+
 # -- the plan -----------------------------------------------------------------------------------
 def _ref(ref):
     if not isinstance(ref, str) or '@' not in ref:
@@ -254,6 +263,43 @@ def plan(listings, template=None, version=None, mode='image', include_stopped=Tr
     for index in range(max([len(t) for t in per_host] or [0])):
         ordered.extend(t[index] for t in per_host if index < len(t))
     return ordered + skipped
+
+
+def source(listings, template, host=None, version=None):
+    """Where the new version comes from: the build host and the template's newest version there.
+
+    ``listings`` as for :func:`plan`, each with ``versions`` (the template's versions on that host,
+    oldest first). Without ``host``, the first reachable host (by name) that has the template.
+    ``version`` (a version that exists, to patch to without building) must be on that host.
+    Returns ``{'host', 'newest', 'versions', 'address', 'vz_root'}`` (how the other hosts reach it); an unknown template or a host or version that
+    cannot serve fails here, before anything changes.
+    """
+    _validate.template_name(template)
+    having = [item for item in sorted(listings, key=lambda i: i['host'])
+              if item.get('reachable', True) and item.get('versions')]
+    if host:
+        found = [item for item in listings if item['host'] == host]
+        if not found:
+            raise VzError('patch_build_host %s is not a host of the play (hosts: %s)'
+                          % (host, ', '.join(sorted(i['host'] for i in listings))))
+        if not found[0].get('reachable', True):
+            raise VzError('patch_build_host %s is unreachable' % host)
+        if not found[0].get('versions'):
+            raise VzError('patch_build_host %s has no version of template %s' % (host, template))
+        chosen = found[0]
+    elif having:
+        chosen = having[0]
+    else:
+        raise VzError('unknown template %s: no reachable host of the play has a version of it (hosts: %s)'
+                      % (template, ', '.join(sorted(i['host'] for i in listings)) or 'none'))
+    if version is not None:
+        _validate.template_version(version)
+        if version not in chosen['versions']:
+            raise VzError('template %s has no version %s on %s (versions: %s)'
+                          % (template, version, chosen['host'], ', '.join(chosen['versions'])))
+    return {'host': chosen['host'], 'newest': chosen['versions'][-1], 'versions': list(chosen['versions']),
+            'address': (chosen.get('connection') or {}).get('address') or chosen['host'],
+            'vz_root': chosen.get('vz_root')}
 
 
 def unreachable_hosts(listings):

@@ -241,3 +241,24 @@ def test_filters_raise_ansible_errors_and_read_hostvars():
     assert filters['patch_healthy']({'rc': 0}, filters['patch_health']({'kind': 'command', 'command': ['true']}))
     assert filters['patch_argv_line'](['a b']) == "'a b'"
     assert filters['patch_fail_percentage'](25) == 25
+
+
+# -- source of the new version ---------------------------------------------------------------------------
+def test_source_chooses_build_host_and_refuses_unknown():
+    fleet = _fleet()
+    fleet[0]['versions'] = [V1]
+    fleet[1]['versions'] = []
+    assert _patch.source(fleet, 'busybox') == {'host': 'lab2', 'newest': V1, 'versions': [V1], 'address': 'lab2',
+                                               'vz_root': '/var/lib/vz'}
+    fleet[1]['versions'] = [V1, V2]
+    assert _patch.source(fleet, 'busybox')['host'] == 'lab1'
+    assert _patch.source(fleet, 'busybox', host='lab2', version=V1)['newest'] == V1
+    with pytest.raises(VzError, match='unknown template busybox: no reachable host'):
+        _patch.source([dict(f, versions=[]) for f in fleet], 'busybox')
+    with pytest.raises(VzError, match='has no version 20261201-080001 on lab1'):
+        _patch.source(fleet, 'busybox', version='20261201-080001')
+    with pytest.raises(VzError, match='not a host of the play'):
+        _patch.source(fleet, 'busybox', host='lab7')
+    fleet[1]['reachable'] = False
+    with pytest.raises(VzError, match='lab1 is unreachable'):
+        _patch.source(fleet, 'busybox', host='lab1')
