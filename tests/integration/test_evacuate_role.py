@@ -187,3 +187,37 @@ def test_stops_at_first_failure_then_continues(lab, run_playbook):
         assert _read_json(lab, lab1, VZ + "/host.json").get("draining") is None
     finally:
         _cleanup(run_playbook, lab, names, template)
+
+
+def test_rolling_maintenance(lab, run_playbook):
+    """playbooks/maintenance.yml: each lab host in turn drained, maintained, restored; VEs end where they began."""
+    lab1, lab2 = lab.hosts[:2]
+    tag = secrets.token_hex(2)
+    template = "evac-" + tag
+    where = {"ev%s-1" % tag: lab1, "ev%s-2" % tag: lab2}
+    marker = VZ + "/maintained-" + tag
+    try:
+        for name, host in where.items():
+            run_playbook(play([
+                {"name": "template", "osvirt.vz.template": {"name": template, "source": {"type": "busybox"}}},
+                {"name": "ve", "osvirt.vz.ve": {"name": name, "template": template, "state": "started"}},
+            ], host), inventory=lab.inventory)
+        run = run_playbook(PLAYBOOKS / "maintenance.yml", inventory=lab.inventory, extra_vars={
+            "maintenance_host_upgrade": False, "maintenance_command": ["touch", marker],
+            "evacuate_target_options": TARGET_OPTIONS})
+        # one host at a time: lab1's VE went to lab2 and back before lab2 was drained
+        for host in (lab1, lab2):
+            report = [r for r in run.hosts[host] if r.name == REPORT]
+            assert len(report) == 2, [r.name for r in run.hosts[host]]
+            name, other = [n for n in where if where[n] == host][0], lab2 if host == lab1 else lab1
+            assert [line.split(",")[0] for line in report[0]["msg"] + report[1]["msg"]] == [
+                "%s: %s -> %s" % (name, host, other), "%s: %s -> %s" % (name, other, host)], report
+            assert lab.exec(host, "test", "-e", marker, check=False).returncode == 0
+            assert _read_json(lab, host, VZ + "/host.json").get("draining") is None
+        for name, host in where.items():
+            assert _state(lab, host, name) == "RUNNING"
+            assert _state(lab, lab2 if host == lab1 else lab1, name) == "ABSENT"
+    finally:
+        for host in (lab1, lab2):
+            lab.exec(host, "rm", "-f", marker, check=False)
+        _cleanup(run_playbook, lab, list(where), template)
