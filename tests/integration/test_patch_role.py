@@ -9,7 +9,8 @@ copied to lab2. The "upgrade" is an app layer that adds /etc/patch-level; the he
 /etc/patch-fail, which the test puts into one VE to make it fail.
 
 - bad input (batches, health check kind, unknown template, an unreachable host with
-  patch_unreachable=stop): one clear error each, nothing built, no VE changed;
+  patch_unreachable=stop): one clear error each, nothing built, no VE changed; with skip, in
+  check mode, the host is named and left out and the plan printed (canary, hosts interleaved);
 - batches [1, 2, 3] (canary, then both hosts in every batch), patch_max_fail_percentage 50: the
   VE that fails in the batch of two is rolled back to its version, 1 of 2 = 50% does not exceed
   50, so the rollout goes on; the report says patched / rolled_back and lists the private file
@@ -66,6 +67,17 @@ class Fleet:
         return _ve_meta(self.lab, host, ve)["template"]
 
     def patch(self, expect_fail=False, inventory=None, **extra):
+        report = self.tmp / "report.json"
+        if report.exists():
+            report.unlink()
+        started = time.monotonic()
+        run = self.run_playbook(PLAYBOOK, inventory=inventory or self.lab.inventory, extra_vars=self.extra(**extra),
+                                expect_fail=expect_fail)
+        run.seconds = time.monotonic() - started
+        run.report = json.loads(report.read_text()) if report.exists() else None
+        return run
+
+    def extra(self, **extra):
         extra_vars = {
             "patch_template": self.template, "patch_id": "p1", "patch_batches": [1, 2, 3],
             "patch_max_fail_percentage": 50, "patch_health": HEALTH,
@@ -74,15 +86,7 @@ class Fleet:
             "patch_copy_host_key_checking": "off", "patch_report_file": str(self.tmp / "report.json"),
         }
         extra_vars.update(extra)
-        report = self.tmp / "report.json"
-        if report.exists():
-            report.unlink()
-        started = time.monotonic()
-        run = self.run_playbook(PLAYBOOK, inventory=inventory or self.lab.inventory, extra_vars=extra_vars,
-                                expect_fail=expect_fail)
-        run.seconds = time.monotonic() - started
-        run.report = json.loads(report.read_text()) if report.exists() else None
-        return run
+        return extra_vars
 
     def setup(self):
         tasks = [
@@ -132,6 +136,13 @@ def test_patch_role_on_two_lab_hosts(lab, run_playbook, tmp_path):
         inventory.write_text(lab.inventory.read_text() + "\n[vz_hosts]\nlab9 ansible_host=198.18.0.11 ansible_port=1\n")
         run = fleet.patch(expect_fail=True, inventory=inventory)
         assert "host(s) lab9 cannot be reached: the rollout stops before changing anything" in run.stdout
+        assert _versions(lab, "lab1", fleet.template) == [v1] and _versions(lab, "lab2", fleet.template) == [v1]
+        # skip: the host is named and left out; check mode prints the plan and changes nothing
+        run = fleet.run_playbook(PLAYBOOK, inventory=inventory, check=True, extra_vars=dict(
+            fleet.extra(), patch_unreachable="skip"))
+        assert "host(s) lab9 cannot be reached and are left out" in run.stdout
+        assert "VEs to patch, in order: %s.lab1, %s.lab2, %s.lab1" % (fleet.ves[0], fleet.ves[0], fleet.ves[1]) in run.stdout
+        assert "batches: [1, 2, 3]" in run.stdout
         assert _versions(lab, "lab1", fleet.template) == [v1] and _versions(lab, "lab2", fleet.template) == [v1]
         assert all(fleet.template_of(h, v).endswith(v1) for h in ("lab1", "lab2") for v in fleet.ves)
 
