@@ -35,11 +35,19 @@ from ._errors import VzError
 
 STRATEGIES = ('spread', 'pack')
 
+def _approx_bytes(value):
+    """Bytes rounded to one decimal of the largest unit (23.5G, 512M): readable plans and messages."""
+    for unit, factor in (('T', 1 << 40), ('G', 1 << 30), ('M', 1 << 20), ('K', 1 << 10)):
+        if value >= factor:
+            return ('%.1f' % (value / float(factor))).rstrip('0').rstrip('.') + unit
+    return '%dB' % value
+
+
 # resource -> (limits key, how to show an amount)
 RESOURCES = (
-    ('memory', ('memory', 'guarantee'), _limits.human_size),
+    ('memory', ('memory', 'guarantee'), _approx_bytes),
     ('net', ('net', 'rate'), _limits.human_bits),
-    ('disk', ('disk', 'space'), _limits.human_size),
+    ('disk', ('disk', 'space'), _approx_bytes),
 )
 # keys of a desired VE that are placement's, not osvirt.vz.ve's
 PLACEMENT_KEYS = ('host', 'anti_affinity')
@@ -119,8 +127,7 @@ class HostState:
         self.new.append(ve)
 
     def describe_free(self):
-        return ', '.join('%s %s' % (resource, (_limits.human_bits if resource == 'net' else _approx_bytes)(
-            max(self.free(resource), 0))) for resource, _key, _show in RESOURCES)
+        return ', '.join('%s %s' % (resource, show(max(self.free(resource), 0))) for resource, _key, show in RESOURCES)
 
 
 def _need(name, limits):
@@ -153,14 +160,6 @@ def _desired(ves):
             raise VzError('VE %s: anti_affinity must be a group name (a non-empty string), got %r' % (name, group))
         desired[name] = {'host': host, 'group': group, 'need': _need(name, item.get('limits'))}
     return desired
-
-
-def _approx_bytes(value):
-    """Bytes rounded for the plan (23.5G, 512M); error messages keep exact figures."""
-    for unit, factor in (('T', 1 << 40), ('G', 1 << 30), ('M', 1 << 20), ('K', 1 << 10)):
-        if value >= factor:
-            return ('%.1f' % (value / float(factor))).rstrip('0').rstrip('.') + unit
-    return '%dB' % value
 
 
 def _show_need(need):
