@@ -24,8 +24,11 @@ copied to lab2. The "upgrade" is an app layer that adds /etc/patch-level; the he
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
+
+import pytest
 
 from vzlib import play
 
@@ -204,5 +207,28 @@ def test_patch_role_on_two_lab_hosts(lab, run_playbook, tmp_path):
         assert _attach(lab, "lab1", c, "cat", "/etc/in-place").stdout.strip() == "in-place"
         run = fleet.patch(**inplace)
         assert _status(run.report)[fleet.name(c, "lab1")] == "skipped"
+    finally:
+        fleet.teardown()
+
+
+def test_patch_role_timing(lab, run_playbook, tmp_path):
+    """Figures for docs/role-patch.md: VZ_PATCH_BENCH=<VEs per host> (skipped without it).
+
+    The VEs of both hosts are patched with batches [1, 10%, 50%, 100%] and the command check;
+    prints the wall time of the rollout playbook and of its rerun (nothing left to do).
+    """
+    per_host = int(os.environ.get("VZ_PATCH_BENCH") or 0)
+    if not per_host:
+        pytest.skip("figures only: set VZ_PATCH_BENCH=<VEs per host>")
+    fleet = Fleet(lab, run_playbook, tmp_path)
+    fleet.ves = ["%s-%02d" % (fleet.ves[0][:-2], i) for i in range(per_host)]
+    try:
+        fleet.setup()
+        run = fleet.patch(patch_batches=[1, "10%", "50%", "100%"], patch_max_fail_percentage=0)
+        assert run.report["summary"]["patched"] == 2 * per_host, run.report["lines"]
+        again = fleet.patch(patch_batches=[1, "10%", "50%", "100%"], patch_max_fail_percentage=0)
+        assert again.report["summary"]["patched"] == 0
+        print("\n%d VEs on 2 lab hosts, batches [1, 10%%, 50%%, 100%%]: rollout %.1f s, rerun %.1f s"
+              % (2 * per_host, run.seconds, again.seconds))
     finally:
         fleet.teardown()
