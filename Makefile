@@ -9,6 +9,7 @@
 #   make lint             ansible-lint --profile production on roles/ and playbooks/
 #   make sanity           ansible-test sanity on a copy of the collection (see tests/sanity/README.md)
 #   make integration      pytest tests/integration       (root, real LXC)
+#   make molecule         molecule test of every scenario in extensions/molecule/ (lab hosts, test lock)
 #   make soak-kill        the kill suite with VZ_KILL_POINTS (default 600) kill points
 #   make soak-migrate     migration ping-pong, VZ_PINGPONG_ROUNDS (default 10) round trips; debian-12 warm
 #   make test             all of the above, fastest and cheapest first
@@ -49,7 +50,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 PYTEST := $(VENV)/bin/python -m pytest
 
 .PHONY: help deps deps-apt deps-venv deps-criu collection-link unit integration sanity lint \
-        test demo bench clean soak-kill soak-migrate
+        test demo bench clean soak-kill soak-migrate molecule
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -131,6 +132,13 @@ soak-migrate: deps collection-link
 	VZ_PINGPONG_ROUNDS=$(VZ_PINGPONG_ROUNDS) VZ_MIGRATE_SOAK=1 $(PYTEST) \
 	    tests/integration/test_migrate_pingpong.py tests/integration/test_migrate_debian.py -q -s
 
+# Every extensions/molecule/<scenario>/ with a molecule.yml (names starting with _ are shared
+# files), each `molecule test` alone under the machine's test lock /run/osvirt-test.lock (taken per
+# scenario; not again when the caller already holds it). MOLECULE_SCENARIOS="host provision"
+# picks some; each scenario's result and wall time are printed at the end (docs/molecule.md).
+molecule: deps collection-link
+	$(SYS_PYTHON) $(REPO)/extensions/molecule/_shared/run_scenarios.py
+
 lint: deps-venv collection-link
 	@targets=$$(for d in roles playbooks; do \
 	    if [ -n "$$(find $$d -name '*.yml' -o -name '*.yaml' 2>/dev/null | head -1)" ]; then echo $$d; fi; done); \
@@ -167,6 +175,7 @@ test: deps collection-link
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory molecule
 
 # -------------------------------------------------------------------------- demo
 
