@@ -613,8 +613,8 @@ def _candidates(network, skip):
 
 def _reserved_message(address, reserved, directory):
     return ('address %s is reserved for VE %s, which moved from this host to %s (%s) and keeps it; remove '
-            '%s/%s once no VE of that name uses it any more' % (address, reserved['ve'], reserved.get('moved_to'),
-                                                               reserved.get('since'), directory, address))
+            '%s/%s once no VE of that name uses it any more'
+            % (address, reserved['ve'], reserved.get('moved_to'), reserved.get('since'), directory, address))
 
 
 def _exhausted(network, skip, ve, ifname):
