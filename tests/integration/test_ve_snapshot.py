@@ -30,8 +30,11 @@ class Store(VeStore):
         return sh("lxc-attach", "-P", str(self.ves), "-n", name, "--", *argv, check=check)
 
     def snap(self, title, **options):
-        return {"name": title, "osvirt.vz.ve_snapshot": dict(
-            {"vz_root": str(self.root), "cgroup_parent": self.parent}, **options)}
+        """One osvirt.vz.ve_snapshot task (``title`` None: without a name, for four_steps)."""
+        task = {"osvirt.vz.ve_snapshot": dict({"vz_root": str(self.root), "cgroup_parent": self.parent}, **options)}
+        if title is not None:
+            task["name"] = title
+        return task
 
 
 @pytest.fixture(params=["plain", "btrfs"])
@@ -69,7 +72,7 @@ def test_snapshot_change_rollback(store, four_steps, request):
     name = store.name("a")
     store.run(play([store.task("start", name=name, template="busybox", state="started")]))
     store.attach(name, "sh", "-c", "echo one > /root/data; mkdir -p /srv/keep; echo k > /srv/keep/f; rm /etc/motd || true")
-    result = four_steps(store.snap(None, name=name, snapshot="s1")["osvirt.vz.ve_snapshot"])
+    result = four_steps(store.snap(None, name=name, snapshot="s1"))
     _check, real, again, _check_again = result.steps["localhost"]
     assert real["actions"] == ["snapshot %s as s1" % name]
     method = "btrfs" if "btrfs" in request.node.callspec.id else "copy"
@@ -102,7 +105,7 @@ def test_snapshot_change_rollback(store, four_steps, request):
     assert [s["name"] for s in snaps] == ["s1"] and snaps[0]["size_bytes"] >= 0
 
     # removal: four steps, and the VE's removal takes its snapshots along
-    four_steps(store.snap(None, name=name, snapshot="s1", state="absent")["osvirt.vz.ve_snapshot"])
+    four_steps(store.snap(None, name=name, snapshot="s1", state="absent"))
     assert not (store.ves / name / "snapshots" / "s1").exists()
     store.run(play([store.snap("again", name=name, snapshot="s2"),
                     store.task("remove", name=name, state="absent")]))
