@@ -107,6 +107,7 @@ def test_backup_restore_roundtrip_of_a_stopped_ve(tmp_path):
         task.backup('v1', 'b1')
     made = task.backup('v1', 'b1', init=True)
     assert made['changed'] and 'store template busybox@%s in the repository' % VERSION in made['actions']
+    assert made['backup']['template'] == 'busybox@' + VERSION and made['backup']['backup'] == 'b1'
     assert task.backup('v1', 'b1')['changed'] is False
     again = task.backup('v1', 'b2')
     assert again['changed'] and not any('store template' in a for a in again['actions'])
