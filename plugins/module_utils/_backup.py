@@ -176,6 +176,7 @@ class BackupTask:
         self.restic = restic
         self.check_mode = check_mode
         self.lock_timeout = lock_timeout
+        self._all, self._missing = None, None
 
     # -- shared -------------------------------------------------------------------------------
     def lock(self, ve, what):
@@ -185,13 +186,37 @@ class BackupTask:
     def stage_dir(self, ve):
         return os.path.join(self.host.vz_root, 'backups', 'stage', ve)
 
+    def all_snapshots(self):
+        """Every restic snapshot of the repository, read once per task (each restic run derives the key
+        anew, which costs about half a second); [] when the repository does not exist."""
+        if self._all is None:
+            proc = self.restic.run(['snapshots', '--json'], 'list backups', check=False)
+            if proc.returncode != 0:
+                err = self.restic.error('list backups', proc, [])
+                if not err.message.startswith('repository '):
+                    raise err
+                self._missing, self._all = True, []
+            else:
+                self._missing = False
+                self._all = json.loads(proc.stdout or '[]') or []
+        return self._all
+
+    def exists(self):
+        self.all_snapshots()
+        return not self._missing
+
+    def forget_cache(self):
+        self._all = None
+
     def backups(self, ve=None):
-        tags = [TAG_VE + (',ve=%s' % ve if ve else '')]
-        return [describe(s) for s in sorted(self.restic.snapshots(tags), key=lambda s: s.get('time') or '')]
+        """The VE backups (of ``ve``, or all), oldest first."""
+        found = [s for s in self.all_snapshots() if tags_of(s).get(TAG_VE)
+                 and (ve is None or tags_of(s).get('ve') == ve)]
+        return [describe(s) for s in sorted(found, key=lambda s: s.get('time') or '')]
 
     def open_repository(self, init=False):
         """Make sure the repository exists (``init``: make it when missing); True when it was made."""
-        if self.restic.exists():
+        if self.exists():
             return False
         if not init:
             raise VzError('repository %s does not exist or is not a restic repository (init: true makes a new one)'
@@ -200,6 +225,7 @@ class BackupTask:
             if not self.restic.repo.startswith('sftp:'):
                 make_dirs(os.path.dirname(self.restic.repo.rstrip('/')) or '/', 0o700)
             self.restic.init()
+            self._all, self._missing = [], False
         return True
 
     def find(self, ve, name=None, ident=None):
@@ -255,15 +281,15 @@ class BackupTask:
             started = time.monotonic()
             snap_id, frozen = self._take(ve, meta, manifest, label, mode, protected)
             seconds = round(time.monotonic() - started, 3)
-        found = [b for b in self.backups(ve) if b['id'].startswith(snap_id)]   # restic may answer a short id
-        result = found[0] if found else {'id': snap_id, 've': ve, 'backup': label}
+        result = next((b for b in self.backups(ve) if b['id'].startswith(snap_id)), None) or \
+            {'id': snap_id, 've': ve, 'backup': label}
         result.update(seconds=seconds, frozen_seconds=frozen)
         return {'changed': True, 'actions': actions, 'backup': result}
 
     def store_templates(self, manifest):
         """Store each template layer of ``manifest`` the repository lacks (once per repository)."""
         stored = []
-        have = {tags_of(s).get('template') for s in self.restic.snapshots([TAG_TEMPLATE])}
+        have = {tags_of(s).get('template') for s in self.all_snapshots() if tags_of(s).get(TAG_TEMPLATE)}
         for layer in self.ops.templates.layers(manifest):
             ref = '%s@%s' % (layer['name'], layer['version'])
             if ref in have:
@@ -272,6 +298,7 @@ class BackupTask:
             self.restic.run(['backup', '--tag', '%s,template=%s' % (TAG_TEMPLATE, ref), '--exclude',
                              os.path.join(path, 'idmap'), '--host', 'osvirt-templates', path],
                             'store template %s' % ref)
+            self.all_snapshots().append({'id': '', 'tags': [TAG_TEMPLATE, 'template=%s' % ref], 'paths': [path]})
             stored.append(ref)
         return stored
 
@@ -348,6 +375,10 @@ class BackupTask:
             except ValueError:
                 continue
             if doc.get('message_type') == 'summary':
+                if self._all is not None and not tags.startswith(TAG_VE + '-pass'):
+                    self._all.append({'id': doc['snapshot_id'], 'short_id': doc['snapshot_id'][:8],
+                                      'time': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+                                      'tags': tags.split(','), 'hostname': os.uname().nodename, 'paths': [stage]})
                 return doc['snapshot_id']
         raise VzError('restic backup of %s gave no summary: %s' % (stage, proc.stdout[-300:]))
 
@@ -373,6 +404,7 @@ class BackupTask:
         actions = ['remove backup %s of %s' % (found['backup'] or found['short_id'], ve)]
         if not self.check_mode:
             self.restic.run(['forget', '--prune', found['id']], 'remove backup %s' % found['short_id'])
+            self.forget_cache()
         return {'changed': True, 'actions': actions, 'removed': [found]}
 
     def prune(self, ve, rules):
@@ -386,6 +418,7 @@ class BackupTask:
         else:
             args.append('--prune')
         groups = _json_lines(self.restic.run(args + ['--json'], 'apply retention').stdout)
+        self.forget_cache()
         removed = [describe(s) for group in groups or [] for s in group.get('remove') or []]
         return {'changed': bool(removed), 'actions': ['remove backup %s of %s' % (b['backup'] or b['short_id'], b['ve'])
                                                       for b in removed], 'removed': removed}
@@ -438,7 +471,7 @@ class BackupTask:
 
     def restore_template(self, ref):
         """Publish template version ``ref`` (and the layers below it) from the repository on this host."""
-        snaps = [s for s in self.restic.snapshots([TAG_TEMPLATE]) if tags_of(s).get('template') == ref]
+        snaps = [s for s in self.all_snapshots() if tags_of(s).get(TAG_TEMPLATE) and tags_of(s).get('template') == ref]
         if not snaps:
             raise VzError('template %s is neither on this host nor in repository %s' % (ref, self.restic.repo))
         name, version = _validate.template_ref(ref)
@@ -468,8 +501,7 @@ class BackupTask:
             os.chmod(staging, 0o711)
             work = os.path.join(staging, 've')
             os.mkdir(work, 0o711)
-            snap = self.restic.snapshots([TAG_VE + ',ve=%s' % ve])
-            paths = next((s['paths'] for s in snap if s['id'] == found['id']), None)
+            paths = next((s['paths'] for s in self.all_snapshots() if s['id'] == found['id']), None)
             if not paths:
                 raise VzError('backup %s of VE %s has no paths' % (found['short_id'], ve))
             private = os.path.join(work, 'private')

@@ -231,7 +231,7 @@ def main():
                           check_mode=module.check_mode, lock_timeout=p['lock_timeout'], stop_timeout=p['stop_timeout'])
         if state != 'present':
             task.open_repository(False)
-        before = task.backups(name) if task.restic.exists() else []
+        before = task.backups(name)
         if state == 'present':
             result = task.backup(name, p['backup'], p['mode'], p['protected'], p['init'], p['require_owner'])
         elif state == 'restored':
@@ -246,7 +246,7 @@ def main():
             result = task.verify()
         else:
             result = {'changed': False, 'actions': []}
-        after = task.backups(name) if not module.check_mode and task.restic.exists() else before
+        after = task.backups(name) if not module.check_mode else before
         result['backups'] = after
         if module._diff:
             result['diff'] = {'before': {'backups': [b['backup'] or b['short_id'] for b in before]},

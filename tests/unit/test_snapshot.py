@@ -126,3 +126,29 @@ def test_backup_restore_roundtrip_of_a_stopped_ve(tmp_path):
     assert other.prune('v1', {'keep_last': 1})['removed'][0]['backup'] == 'b1'
     assert other.verify()['verified'] is True
     assert os.listdir(str(dst_root / '.tmp')) == []
+
+
+def test_backup_role_job_backs_up_every_ve_then_prunes(tmp_path):
+    """roles/backup/files/osvirt-vz-backup with a settings file: every VE, then retention (templates kept)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    if os.geteuid() != 0 or shutil.which('restic') is None:
+        pytest.skip('needs root (bind mount) and restic')
+    make_ve(tmp_path / 'vz')
+    (tmp_path / 'pw').write_text('pw')
+    repo = Path(__file__).resolve().parents[2]
+    settings = {'vz_root': str(tmp_path / 'vz'), 'repository': str(tmp_path / 'repo'),
+                'password_file': str(tmp_path / 'pw'), 'ves': [], 'mode': None, 'init': True,
+                'lib_dir': str(repo / '.build' / 'collections'), 'keep': {'keep_last': 1, 'keep_daily': None}}
+    (tmp_path / 'settings.json').write_text(json.dumps(settings))
+    job = [sys.executable, str(repo / 'roles' / 'backup' / 'files' / 'osvirt-vz-backup'), str(tmp_path / 'settings.json')]
+    for removed in (0, 1):
+        proc = subprocess.run(job, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.startswith('v1: backed up as ') and 'removed %d backups' % removed in proc.stdout
+    listing = subprocess.run(['restic', '-r', str(tmp_path / 'repo'), 'snapshots', '--json'], capture_output=True,
+                             text=True, check=True, env=dict(os.environ, RESTIC_PASSWORD='pw')).stdout
+    tags = sorted(t for s in json.loads(listing) for t in s['tags'] if t in ('osvirt-ve', 'osvirt-template'))
+    assert tags == ['osvirt-template', 'osvirt-ve']
