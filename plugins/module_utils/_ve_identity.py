@@ -18,6 +18,7 @@ directory, where a file the VE never changed is read from the template layers be
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -74,26 +75,36 @@ def new_machine_id():
 
 
 # -- reading a VE's file ---------------------------------------------------------------------------
+def open_subdir(root, subdir):
+    """An O_PATH descriptor of ``root/subdir``, opened one component at a time without following any
+    link (an absolute link of the VE would otherwise lead into the host). OSError when it cannot."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in subdir.split('/'):
+            if part in ('', '.', '..'):
+                raise OSError(errno.EINVAL, 'invalid path component in %r' % subdir)
+            inner = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_inside(root, subdir, filename):
     """Text of ``root/subdir/filename`` without following links below ``root``; None when it is
     missing, not a regular file, or larger than 1 MB."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = open_subdir(root, subdir)
     except OSError:
         return None
     try:
-        dir_fd = os.open(subdir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-    except OSError:
-        os.close(root_fd)
-        return None
-    try:
-        fd = os.open(filename, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+        fd = os.open(filename, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return None
     finally:
         os.close(dir_fd)
-        os.close(root_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE:
@@ -110,17 +121,11 @@ def read_inside(root, subdir, filename):
 
 
 def _entry(root, subdir, filename):
-    """lstat of ``root/subdir/filename`` (subdir not followed), or None."""
+    """lstat of ``root/subdir/filename`` (no link followed), or None."""
     try:
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        dir_fd = open_subdir(root, subdir)
     except OSError:
         return None
-    try:
-        dir_fd = os.open(subdir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-    except OSError:
-        return None
-    finally:
-        os.close(root_fd)
     try:
         return os.stat(filename, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
@@ -163,11 +168,11 @@ class VeTree:
         found, gone = set(), set()
         for layer in [self.root] + self.lowers:
             try:
-                root_fd = os.open(layer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                path_fd = open_subdir(layer, subdir)
                 try:
-                    fd = os.open(subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+                    fd = os.open('.', os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
                 finally:
-                    os.close(root_fd)
+                    os.close(path_fd)
             except OSError:
                 continue
             try:
@@ -195,17 +200,22 @@ class VeTree:
         return False
 
     def write(self, subdir, filename, text, mode=0o644):
-        """Write a file as the VE's root user (atomic; a link there is replaced, never followed)."""
-        write_inside(self.root, subdir, filename, text, self.uid, self.gid, mode)
+        """Write a file as the VE's root user (atomic; a link there is replaced, never followed; no link
+        is followed on the way to ``subdir`` either)."""
+        head, _sep, last = subdir.rpartition('/')
+        if not head:
+            write_inside(self.root, subdir, filename, text, self.uid, self.gid, mode)
+            return
+        fd = open_subdir(self.root, head)
+        try:
+            write_inside('/proc/self/fd/%d' % fd, last, filename, text, self.uid, self.gid, mode)
+        finally:
+            os.close(fd)
 
     def remove(self, subdir, filename):
         """Remove a file: unlink it where it lives in the VE's own layer, and hide a template's file with
         a whiteout (stopped VE)."""
-        root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            dir_fd = os.open(subdir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-        finally:
-            os.close(root_fd)
+        dir_fd = open_subdir(self.root, subdir)
         try:
             try:
                 os.unlink(filename, dir_fd=dir_fd)

@@ -152,3 +152,33 @@ def test_backup_role_job_backs_up_every_ve_then_prunes(tmp_path):
                              text=True, check=True, env=dict(os.environ, RESTIC_PASSWORD='pw')).stdout
     tags = sorted(t for s in json.loads(listing) for t in s['tags'] if t in ('osvirt-ve', 'osvirt-template'))
     assert tags == ['osvirt-template', 'osvirt-ve']
+
+
+def test_a_restore_that_fails_midway_leaves_the_existing_ve_untouched(tmp_path):
+    """A restore that dies while restic writes (here: fails) leaves the VE it would replace as it was,
+    registers nothing and leaves nothing in .tmp once swept."""
+    import shutil
+    from ansible_collections.osvirt.vz.plugins.module_utils._backup import BackupTask, Restic
+    from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
+    if os.geteuid() != 0 or shutil.which('restic') is None:
+        pytest.skip('needs root (bind mount) and restic')
+    ve = make_ve(tmp_path)
+    host = Host(vz_root=str(tmp_path), cgroup_parent='vz')
+
+    class Dying(Restic):
+        def run(self, args, what, check=True, cwd=None):
+            if args and args[0] == 'restore':
+                super().run(args, what, check, cwd)   # the files land in .tmp, then the run "dies"
+                raise VzError('killed while restoring')
+            return super().run(args, what, check, cwd)
+
+    BackupTask(host, StoppedClient(), Restic(str(tmp_path / 'repo'), 'pw')).backup('v1', 'b1', init=True)
+    (ve / 'private' / 'upper' / 'root' / 'data').write_text('newer\n')
+    before = sorted(str(p.relative_to(ve)) for p in ve.rglob('*'))
+    task = BackupTask(host, StoppedClient(), Dying(str(tmp_path / 'repo'), 'pw'))
+    with pytest.raises(VzError, match='killed while restoring'):
+        task.restore('v1', 'v1', 'b1', force=True, manager=VeManager(host, StoppedClient()))
+    assert (ve / 'private' / 'upper' / 'root' / 'data').read_text() == 'newer\n'
+    assert sorted(str(p.relative_to(ve)) for p in ve.rglob('*')) == before
+    assert sorted(os.listdir(str(tmp_path / 'ves'))) == ['v1']
+    assert os.listdir(str(tmp_path / '.tmp')) == []

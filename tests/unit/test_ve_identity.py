@@ -60,3 +60,19 @@ def test_links_the_ve_made_are_not_followed(tmp_path):
     assert outside.read_text() == 'host secret\n'
     assert not (root / 'etc' / 'hosts').is_symlink()
     assert (root / 'etc' / 'hosts').read_text() == hosts_text(None, 'web1')
+
+
+def test_no_link_is_followed_on_the_way_to_a_subdir(tmp_path):
+    """An absolute link of the VE (/var -> /somewhere on the host) must not lead writes or reads out."""
+    host_dir = tmp_path / 'host'
+    (host_dir / 'lib' / 'dbus').mkdir(parents=True)
+    (host_dir / 'lib' / 'dbus' / 'machine-id').write_text('host id\n')
+    root = tmp_path / 've'
+    root.mkdir()
+    os.symlink(str(host_dir), str(root / 'var'))
+    tree = VeTree(str(root))
+    assert tree.read('var/lib/dbus', 'machine-id') is None
+    import pytest
+    with pytest.raises(OSError):
+        tree.write('var/lib/dbus', 'machine-id', 'new\n')
+    assert (host_dir / 'lib' / 'dbus' / 'machine-id').read_text() == 'host id\n'
