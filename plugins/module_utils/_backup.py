@@ -40,7 +40,7 @@ from . import _quota, _staging, _validate
 from ._errors import VzError
 from ._fs import make_dirs, read_json, remove_tree, write_json
 from ._locks import Lock
-from ._snapshot import snapshot_name
+from ._snapshot import Snapshots, snapshot_name
 from ._ve_identity import VeTree, write_identity
 from ._ve_net import addresses_of, host_link_name
 from ._ve_ops import VeOps
@@ -494,23 +494,21 @@ class BackupTask:
                 self.restore_template(parent)
         store.publish_copy(name, version, staging, 'repository %s' % self.restic.repo)
 
-    def _restore_into_place(self, found, ve, target, manifest, exists, manager, network):
+    def _restore_into_place(self, found, ve, target, manifest, exists, manager, network, fill=None):
+        """Build VE ``target`` from a backup in .tmp and rename it into place. ``fill(landing)`` puts the
+        backup's files below ``landing`` and returns the directory holding ``meta/`` and ``private/``
+        (default: restic restore of ``found``)."""
         staging = _staging.make(self.host.tmp_dir, 'restore-%s-' % target)
         claimed = []
         try:
             os.chmod(staging, 0o711)
             work = os.path.join(staging, 've')
             os.mkdir(work, 0o711)
-            paths = next((s['paths'] for s in self.all_snapshots() if s['id'] == found['id']), None)
-            if not paths:
-                raise VzError('backup %s of VE %s has no paths' % (found['short_id'], ve))
             private = os.path.join(work, 'private')
             _quota.make_private_area(self.host, private)
             landing = os.path.join(private, '.restore')
             # restored inside the new private area, so the move below is a rename (one subvolume on btrfs)
-            self.restic.run(['restore', found['id'], '--target', landing, '--verify'],
-                            'restore backup %s' % found['short_id'])
-            stage = landing + paths[0]
+            stage = (fill or self._fill_from_restic(found, ve))(landing)
             saved = read_json(os.path.join(stage, 'meta', 've.json'))
             info = read_json(os.path.join(stage, 'meta', 'backup.json'))
             if not isinstance(saved, dict) or not isinstance(info, dict) or saved.get('name') != ve:
@@ -572,6 +570,16 @@ class BackupTask:
         finally:
             _staging.discard(staging)
 
+    def _fill_from_restic(self, found, ve):
+        def fill(landing):
+            paths = next((s['paths'] for s in self.all_snapshots() if s['id'] == found['id']), None)
+            if not paths:
+                raise VzError('backup %s of VE %s has no paths' % (found['short_id'], ve))
+            self.restic.run(['restore', found['id'], '--target', landing, '--verify'],
+                            'restore backup %s' % found['short_id'])
+            return landing + paths[0]
+        return fill
+
     def _target_meta(self, saved, target, manifest, manager, network):
         """The restored VE's metadata on this host: same name keeps MAC and addresses; a new name gets new ones."""
         meta = dict(saved, cgroup_parent=self.host.cgroup_parent, autostart=False)
@@ -616,3 +624,157 @@ def _mount_bind(source, target):
 
 def _umount(path):
     subprocess.run(['umount', path], capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+
+
+# -- portable archives ------------------------------------------------------------------------------
+TAR_ARGS = ['--xattrs', '--xattrs-include=*', '--acls', '--numeric-owner']
+
+
+class ArchiveTask(BackupTask):
+    """vzdump-like export without a repository: one zstd tar per backup, holding ``meta/`` (backup.json as
+    the manifest, config, ve.json), ``private/upper`` and the template layers (``templates/<name>/<version>``),
+    so a machine that has neither the repository nor the template can restore the VE."""
+
+    def __init__(self, host, client, check_mode=False, lock_timeout=60, stop_timeout=30):
+        super().__init__(host, client, None, check_mode=check_mode, lock_timeout=lock_timeout,
+                         stop_timeout=stop_timeout)
+
+    def export(self, ve, directory, name=None, mode=None, require_owner=None):
+        """Write ``<directory>/<ve>-<name>.tar.zst`` (once per name). Returns a result dict."""
+        ve = _validate.ve_name(ve)
+        name = backup_name(name) if name is not None else time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+        directory = _validate.host_path(directory, 'archive_dir', must_exist=False)
+        meta = self.ops.read_meta(ve)
+        if meta is None:
+            raise VzError('VE %s does not exist on this host (%s): nothing to back up' % (ve, self.host.ves_dir))
+        if require_owner is not None and meta.get('owner') != require_owner:
+            raise VzError('VE %s belongs to %s, not to %s (require_owner); nothing changed'
+                          % (ve, meta.get('owner') or 'nobody', require_owner))
+        if mode not in (None,) + MODES:
+            raise VzError('invalid mode %r: use one of %s' % (mode, ', '.join(MODES)))
+        dest = os.path.join(directory, '%s-%s.tar.zst' % (ve, name))
+        if os.path.exists(dest):
+            return {'changed': False, 'actions': [], 'archive': dest}
+        actions = ['archive %s to %s' % (ve, dest)]
+        if self.check_mode:
+            return {'changed': True, 'actions': actions, 'archive': dest}
+        self.host.ensure_layout()
+        make_dirs(directory, 0o700)
+        snaps = Snapshots(self.host, self.client, stop_timeout=self.ops.stop_timeout)
+        work = _staging.make(self.host.tmp_dir, 'backup-%s-' % ve)
+        partial = dest + '.partial'
+        try:
+            with self.lock(ve, 'archive %s' % name):
+                manifest = self.ops.templates.manifest(*_validate.template_ref(meta['template']))
+                state = self.ops.state(ve)['state']
+                stop = mode == 'stop' and state in ('running', 'frozen')
+                if stop:
+                    if state == 'frozen':
+                        self.ops.unfreeze(ve)
+                    self.ops.stop(ve)
+                try:
+                    snaps.take(ve, 'archive', os.path.join(work, 'snap'))   # frozen for the instant if it runs
+                finally:
+                    if stop:
+                        self.ops.start(ve, meta, manifest)
+            os.mkdir(os.path.join(work, 'meta'), 0o700)
+            for filename in ('config', 've.json'):
+                with open(os.path.join(work, 'snap', filename), 'rb') as handle:
+                    data = handle.read()
+                with open(os.path.join(work, 'meta', filename), 'wb') as handle:
+                    handle.write(data)
+            layers = self.ops.templates.layers(manifest)
+            write_json(os.path.join(work, 'meta', 'backup.json'), {
+                've': ve, 'backup': name, 'format': 'archive', 'mode': mode or 'snapshot',
+                'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), 'template': meta['template'],
+                'template_checksum': manifest.get('checksum'),
+                'layers': ['%s@%s' % (m['name'], m['version']) for m in layers],
+                'limits': meta.get('limits') or {}, 'network': meta.get('network') or [],
+                'hostname': meta.get('hostname') or ve})
+            argv = ['tar', '-cf', '-'] + TAR_ARGS + ['-C', work, 'meta', '-C', os.path.join(work, 'snap'),
+                                                     'private/upper', '-C', self.host.vz_root]
+            for layer in layers:
+                base = 'templates/%s/%s' % (layer['name'], layer['version'])
+                argv += [base + '/manifest.json', base + '/rootfs']
+            _pipe(argv, ['zstd', '-q', '-T0', '-3', '-f', '-o', partial], 'archive of %s' % ve)
+            os.rename(partial, dest)
+        except BaseException:
+            if os.path.exists(partial):
+                os.unlink(partial)
+            raise
+        finally:
+            _staging.discard(work)
+        return {'changed': True, 'actions': actions, 'archive': dest}
+
+    def restore_archive(self, path, target=None, force=False, manager=None, network=None, start=False):
+        """Restore the VE of archive ``path`` as ``target`` (default: its own name), its template too."""
+        path = _validate.host_path(path, 'archive')
+        try:
+            info = json.loads(_pipe(['zstd', '-dc', '--', path], ['tar', '-xOf', '-', 'meta/backup.json'],
+                                    'read %s' % path).decode('utf-8'))
+        except (VzError, ValueError, UnicodeDecodeError) as exc:
+            raise VzError('%s is not a VE archive of osvirt.vz (no readable meta/backup.json): %s' % (path, exc))
+        if not isinstance(info, dict) or not info.get('template'):
+            raise VzError('%s is not a VE archive of osvirt.vz (its meta/backup.json names no template)' % path)
+        ve = _validate.ve_name(info.get('ve'))
+        target = _validate.ve_name(target or ve)
+        exists = self.ops.read_meta(target, broken_ok=True) is not None
+        if exists and not force:
+            raise VzError('VE %s exists on this host; restoring over it needs force: true (it stays until the '
+                          'restored VE is in place)' % target)
+        missing = [ref for ref in reversed(info.get('layers') or [info['template']])
+                   if _validate.template_ref(ref)[1] not in self.ops.templates.versions(_validate.template_ref(ref)[0])]
+        actions = ['restore template %s from %s' % (ref, path) for ref in missing] + \
+            ['restore %s from archive %s' % (target, path)] + (['start %s' % target] if start else [])
+        found = {'id': path, 'short_id': os.path.basename(path), 've': ve, 'backup': info.get('backup'),
+                 'template': info['template']}
+        if self.check_mode:
+            return {'changed': True, 'actions': actions, 'backup': found}
+        self.host.ensure_layout()
+        for ref in missing:
+            self._publish_from_archive(path, ref)
+        manifest = self.ops.templates.manifest(*_validate.template_ref(info['template']))
+
+        def fill(landing):
+            os.mkdir(landing, 0o700)
+            _pipe(['zstd', '-dc', '--', path], ['tar', '-xf', '-', '-C', landing] + TAR_ARGS +
+                  ['--exclude=templates'], 'unpack %s' % path)
+            return landing
+
+        with self.lock(target, 'restore from %s' % found['short_id']):
+            self._restore_into_place(found, ve, target, manifest, exists, manager, network, fill=fill)
+            if start:
+                self.ops.start(target, self.ops.read_meta(target), manifest)
+        return {'changed': True, 'actions': actions, 'backup': found}
+
+    def _publish_from_archive(self, path, ref):
+        name, version = _validate.template_ref(ref)
+        store = self.ops.templates
+        staging = store.copy_staging(name, version)
+        try:
+            member = 'templates/%s/%s' % (name, version)
+            _pipe(['zstd', '-dc', '--', path], ['tar', '-xf', '-', '-C', staging] + TAR_ARGS + [member],
+                  'unpack template %s' % ref)
+            for entry in ('rootfs', 'manifest.json'):
+                os.rename(os.path.join(staging, member, entry), os.path.join(staging, entry))
+            remove_tree(os.path.join(staging, 'templates'))
+        except BaseException:
+            store.discard_copy(name, staging)
+            raise
+        store.publish_copy(name, version, staging, 'archive %s' % path)
+
+
+def _pipe(first, second, what):
+    """Run ``first | second`` (argv lists, no shell); the output of ``second``; VzError naming ``what`` when
+    either fails."""
+    one = subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    two = subprocess.run(second, stdin=one.stdout, capture_output=True, check=False)
+    one.stdout.close()
+    err_one = one.stderr.read().decode('utf-8', 'replace')
+    one.wait()
+    if one.returncode != 0 or two.returncode != 0:
+        err = (err_one + two.stderr.decode('utf-8', 'replace')).strip()
+        full = 'No space left on device' in err
+        raise VzError('%s failed%s: %s' % (what, ' (the disk is full)' if full else '', err[-600:]),
+                      cmd=first + ['|'] + second, rc=one.returncode or two.returncode)
+    return two.stdout

@@ -32,13 +32,29 @@ options:
         O(state=listed) without it every VE's backups count.
     type: str
   repository:
-    description: The restic repository, an absolute local path or C(sftp:user@host:/path).
+    description:
+      - The restic repository, an absolute local path or C(sftp:user@host:/path).
+      - Required with O(format=restic).
     type: str
-    required: true
   password:
-    description: The repository's password (encryption key).
+    description: The repository's password (encryption key). Required with O(format=restic).
     type: str
-    required: true
+  format:
+    description:
+      - V(restic) keeps backups in the O(repository).
+      - V(archive) writes a portable export like vzdump's, C(<archive_dir>/<name>-<backup>.tar.zst) (zstd tar
+        holding C(meta/backup.json) as manifest, config, C(ve.json), the private area and the template layers),
+        for a machine without the repository or the template; restored with O(archive). Only O(state=present)
+        and O(state=restored). Every archive is full.
+    type: str
+    choices: [restic, archive]
+    default: restic
+  archive_dir:
+    description: Directory of the archives written with O(format=archive) and O(state=present).
+    type: path
+  archive:
+    description: The archive to restore with O(format=archive) and O(state=restored).
+    type: path
   init:
     description: Make the repository when it does not exist (O(state=present) only). Otherwise a missing repository is an error.
     type: bool
@@ -151,6 +167,19 @@ EXAMPLES = r'''
     repository: /srv/backups/vz
     password: "{{ vault_restic_password }}"
 
+- name: A portable export, then its restore on a machine without the repository or the template
+  osvirt.vz.ve_backup:
+    name: web1
+    format: archive
+    archive_dir: /srv/exports
+    backup: move-20261207
+
+- name: Restore the export as web1 (on the other machine)
+  osvirt.vz.ve_backup:
+    format: archive
+    state: restored
+    archive: /srv/exports/web1-move-20261207.tar.zst
+
 - name: Check every byte of the repository
   osvirt.vz.ve_backup:
     state: verified
@@ -159,6 +188,10 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+archive:
+  description: Path of the archive written (or found) with O(format=archive).
+  returned: with O(format=archive) and O(state=present)
+  type: str
 backup:
   description: The backup made, restored or found (C(id), C(short_id), C(time), C(ve), C(backup), C(protected),
     C(template), C(mode), C(host); a new backup also C(seconds) and C(frozen_seconds)).
@@ -186,7 +219,7 @@ actions:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.osvirt.vz.plugins.module_utils._backup import BackupTask, Restic, retention
+from ansible_collections.osvirt.vz.plugins.module_utils._backup import ArchiveTask, BackupTask, Restic, retention
 from ansible_collections.osvirt.vz.plugins.module_utils._module import HOST_ARGS, client_for, host_from, run
 from ansible_collections.osvirt.vz.plugins.module_utils._validate import ve_name
 from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
@@ -196,8 +229,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(HOST_ARGS,
                            name={'type': 'str'},
-                           repository={'type': 'str', 'required': True},
-                           password={'type': 'str', 'required': True, 'no_log': True},
+                           repository={'type': 'str'},
+                           password={'type': 'str', 'no_log': True},
+                           format={'type': 'str', 'default': 'restic', 'choices': ['restic', 'archive']},
+                           archive_dir={'type': 'path'},
+                           archive={'type': 'path'},
                            init={'type': 'bool', 'default': False},
                            state={'type': 'str', 'default': 'present',
                                   'choices': ['present', 'restored', 'absent', 'pruned', 'verified', 'listed']},
@@ -216,8 +252,8 @@ def main():
                            require_owner={'type': 'str'},
                            lock_timeout={'type': 'int', 'default': 60},
                            stop_timeout={'type': 'int', 'default': 30}),
-        required_if=[('state', 'present', ['name']), ('state', 'restored', ['name']),
-                     ('state', 'absent', ['name']), ('state', 'absent', ['backup', 'backup_id'], True)],
+        required_if=[('state', 'present', ['name']), ('state', 'absent', ['name']),
+                     ('state', 'absent', ['backup', 'backup_id'], True), ('format', 'restic', ['repository', 'password'])],
         mutually_exclusive=[('backup', 'backup_id')],
         supports_check_mode=True)
     p = module.params
@@ -226,6 +262,11 @@ def main():
         host = host_from(module)
         name = ve_name(p['name']) if p['name'] is not None else None
         state = p['state']
+        if p['format'] == 'archive':
+            archive_job(host, name, state)
+            return
+        if state == 'restored' and name is None:
+            module.fail_json(msg='state restored needs name (the VE whose backup is restored)')
         rules = retention(p) if state == 'pruned' else None
         task = BackupTask(host, client_for(host), Restic(p['repository'], p['password']),
                           check_mode=module.check_mode, lock_timeout=p['lock_timeout'], stop_timeout=p['stop_timeout'])
@@ -251,6 +292,23 @@ def main():
         if module._diff:
             result['diff'] = {'before': {'backups': [b['backup'] or b['short_id'] for b in before]},
                               'after': {'backups': [b['backup'] or b['short_id'] for b in after]}}
+        module.exit_json(**result)
+
+    def archive_job(host, name, state):
+        task = ArchiveTask(host, client_for(host), check_mode=module.check_mode, lock_timeout=p['lock_timeout'],
+                           stop_timeout=p['stop_timeout'])
+        if state == 'present':
+            if not p['archive_dir']:
+                module.fail_json(msg='format archive with state present needs archive_dir')
+            result = task.export(name, p['archive_dir'], p['backup'], p['mode'], p['require_owner'])
+        elif state == 'restored':
+            if not p['archive']:
+                module.fail_json(msg='format archive with state restored needs archive (the file to restore)')
+            manager = VeManager(host, client_for(host), check_mode=module.check_mode)
+            result = task.restore_archive(p['archive'], p['target'] or name, p['force'], manager, p['network'],
+                                          p['start'])
+        else:
+            module.fail_json(msg='format archive supports state present and restored only, not %s' % state)
         module.exit_json(**result)
 
     run(module, job)

@@ -124,3 +124,25 @@ def test_backup_restore_prune_verify(store, repo, four_steps):
         handle.write(bytes([byte[0] ^ 0xFF]))
     res = store.run(play([bk(store, repo, "verify bad", state="verified")]), expect_fail=True).task("verify bad")
     assert "failed verification" in res.msg, res.msg
+
+
+def test_archive_export_and_restore(store, repo, four_steps):
+    """format archive: a running VE exported (frozen for the instant), restored under a new name, started."""
+    name, copy = store.name("ar"), store.name("ac")
+    out = repo.parent / "exports"
+    store.run(play([store.task("start", name=name, template="busybox", state="started")]))
+    store.attach(name, "sh", "-c", "echo archived > /root/data")
+    task = {"osvirt.vz.ve_backup": {"vz_root": str(store.root), "cgroup_parent": store.parent, "name": name,
+                                    "format": "archive", "archive_dir": str(out), "backup": "x1"}}
+    result = four_steps(task)
+    archive = result.steps["localhost"][1]["archive"]
+    assert archive == str(out / ("%s-x1.tar.zst" % name)) and store.lxc_state(name) == "RUNNING"
+    run = store.run(play([{"name": "restore", "osvirt.vz.ve_backup": {
+        "vz_root": str(store.root), "cgroup_parent": store.parent, "format": "archive", "state": "restored",
+        "archive": archive, "target": copy, "start": True}}]))
+    assert run.task("restore").changed
+    assert store.attach(copy, "cat", "/root/data").stdout == "archived\n"
+    assert store.attach(copy, "hostname").stdout.strip() == copy
+    res = store.run(play([{"name": "no dir", "osvirt.vz.ve_backup": {
+        "vz_root": str(store.root), "name": name, "format": "archive"}}]), expect_fail=True).task("no dir")
+    assert "needs archive_dir" in res.msg

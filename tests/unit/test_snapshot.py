@@ -182,3 +182,39 @@ def test_a_restore_that_fails_midway_leaves_the_existing_ve_untouched(tmp_path):
     assert sorted(str(p.relative_to(ve)) for p in ve.rglob('*')) == before
     assert sorted(os.listdir(str(tmp_path / 'ves'))) == ['v1']
     assert os.listdir(str(tmp_path / '.tmp')) == []
+
+
+def test_archive_export_and_restore_on_a_host_without_the_template(tmp_path):
+    """format archive: a zstd tar with meta/backup.json, the private area and the template layers."""
+    import shutil
+    from ansible_collections.osvirt.vz.plugins.module_utils._backup import ArchiveTask
+    from ansible_collections.osvirt.vz.plugins.module_utils._templates import tree_checksum
+    from ansible_collections.osvirt.vz.plugins.module_utils._ves import VeManager
+    if os.geteuid() != 0 or shutil.which('zstd') is None:
+        pytest.skip('needs root and zstd')
+    src_root, dst_root = tmp_path / 'a', tmp_path / 'b'
+    make_ve(src_root)
+    tpl = src_root / 'templates' / 'busybox' / VERSION
+    (tpl / 'manifest.json').write_text(json.dumps({'name': 'busybox', 'version': VERSION,
+                                                   'checksum': 'sha256:' + tree_checksum(str(tpl / 'rootfs'))}))
+    src = ArchiveTask(Host(vz_root=str(src_root), cgroup_parent='vz'), StoppedClient())
+    out = tmp_path / 'out'
+    check = ArchiveTask(Host(vz_root=str(src_root), cgroup_parent='vz'), StoppedClient(), check_mode=True)
+    assert check.export('v1', str(out), 'b1')['changed'] and not out.exists()
+    made = src.export('v1', str(out), 'b1')
+    assert made['changed'] and made['archive'] == str(out / 'v1-b1.tar.zst')
+    assert src.export('v1', str(out), 'b1')['changed'] is False
+    with pytest.raises(VzError, match='does not exist'):
+        src.export('nosuch', str(out), 'b1')
+    dst = Host(vz_root=str(dst_root), cgroup_parent='vz')
+    task = ArchiveTask(dst, StoppedClient())
+    done = task.restore_archive(made['archive'], manager=VeManager(dst, StoppedClient()))
+    assert done['actions'][0].startswith('restore template busybox@%s' % VERSION)
+    assert (dst_root / 'ves' / 'v1' / 'private' / 'upper' / 'root' / 'data').read_text() == 'one\n'
+    assert json.loads((dst_root / 'ves' / 'v1' / 've.json').read_text())['template'] == 'busybox@' + VERSION
+    with pytest.raises(VzError, match='VE v1 exists'):
+        task.restore_archive(made['archive'], manager=VeManager(dst, StoppedClient()))
+    (tmp_path / 'junk.tar.zst').write_bytes(b'not an archive')
+    with pytest.raises(VzError, match='is not a VE archive'):
+        task.restore_archive(str(tmp_path / 'junk.tar.zst'), target='v2')
+    assert os.listdir(str(dst_root / '.tmp')) == []
