@@ -37,7 +37,7 @@ PYTHON_VERSION := 3.11
 # lab namespaces and sshd, the modules' pyroute2/lxc bindings, the venv itself, git and
 # shellcheck for ansible-test sanity). Keep in sync with the host role's defaults where they overlap.
 APT_PACKAGES := lxc debootstrap rsync busybox-static python3-pyroute2 python3-lxc uidmap btrfs-progs acl libcap2-bin \
-                openssh-server iproute2 python3-venv util-linux iptables nftables git make shellcheck
+                openssh-server iproute2 python3-venv util-linux iptables nftables git make shellcheck restic
 
 # Every recipe sees the venv first on PATH and finds the collection through the link.
 export PATH := $(VENV)/bin:$(PATH)

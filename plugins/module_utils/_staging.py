@@ -26,9 +26,10 @@ import os
 import tempfile
 
 from ._fs import make_dirs, remove_tree
+from ._quota import remove_subvolumes_below
 
 # prefixes of the entries this collection makes in .tmp; nothing else there is touched
-PREFIXES = ('ve-', 'trash-', 'build-', 'shift-', 'copy-')
+PREFIXES = ('ve-', 'trash-', 'build-', 'shift-', 'copy-', 'snap-', 'clone-', 'restore-', 'backup-')
 _SWEEP_LOCK = 'tmp-sweep.lock'
 _MNT_DETACH = 2
 
@@ -147,4 +148,5 @@ def _remove(path):
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOENT):
                 raise OSError(err, 'cannot detach %s: %s' % (point, os.strerror(err)))
+    remove_subvolumes_below(path)   # read-only snapshots cannot be emptied file by file
     remove_tree(path)

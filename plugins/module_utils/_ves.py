@@ -31,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from . import _boot, _limits, _quota, _staging, _validate
 from ._engine.config import LxcConfig
 from ._errors import VzError
-from ._fs import atomic_write, disk_usage, write_inside, write_json
+from ._fs import atomic_write, disk_usage, read_json, write_inside, write_json
 from ._locks import Lock
 from ._rebase import hidden_files
 from ._ve_config import NET_HOOK, config_digest, is_owned
+from ._snapshot import Snapshots, list_snapshots, parse_ref, snapshot_dir
+from ._ve_identity import VeTree, reset_machine_identity, write_identity
 from ._ve_net import check_forwarding, describe_live, normalize_network, plan_live_network, resolv_conf
 from ._ve_ops import VeOps
 
@@ -318,8 +320,12 @@ class VeManager(VeOps):
         locks = []
         try:
             if not self.check_mode:
-                for name in sorted(names):
-                    op = next('%s (state=%s)' % (name, s.get('state')) for s in specs if s['name'] == name)
+                # a clone's source is locked too: it is read (and frozen for an instant) meanwhile
+                sources = {parse_ref(s['clone_from'])[0]: 'clone source of %s' % s['name'] for s in specs
+                           if s.get('clone_from') and s.get('state') != 'absent'}
+                for name in sorted(set(names) | set(sources)):
+                    op = next(('%s (state=%s)' % (name, s.get('state')) for s in specs if s['name'] == name),
+                              '%s (%s)' % (name, sources.get(name)))
                     locks.append(Lock(self.host.locks_dir, 've', name, 'osvirt.vz.ve ' + op,
                                       self.lock_timeout, hint='lock_timeout sets how long to wait').acquire())
             states = self.states()
@@ -360,12 +366,19 @@ class VeManager(VeOps):
                 self.client.wait(name, ['RUNNING', 'STOPPED', 'FROZEN'], timeout=self.stop_timeout)
                 current = self.client.state(name)['state']
         plan = {'spec': spec, 'name': name, 'meta': meta, 'current': current, 'desired': desired_state,
-                'pid': (listed or {}).get('pid')}
+                'pid': (listed or {}).get('pid'), 'clone': None}
+        if meta is None and spec.get('clone_from') and desired_state != 'absent':
+            spec, plan['clone'] = self._clone_spec(spec)
+            plan['spec'] = spec
         if desired_state == 'absent':
             plan['new_meta'], plan['manifest'], plan['config'] = meta, None, None
             plan['steps'], plan['restart_required'] = plan_transitions(current, 'absent')
             return plan
         new_meta, manifest = self.desired_meta(spec, meta)
+        if plan['clone']:
+            new_meta['limits'] = _limits.merge(plan['clone']['meta'].get('limits') or {},
+                                               _limits.parse_change(spec.get('limits')))
+            new_meta['cloned_from'] = plan['clone']['ref']
         plan['claims'], plan['release'] = self.net.plan_addresses(name, meta, new_meta)
         if meta is not None and meta.get('template') != new_meta['template']:
             plan['rebase'] = self._rebase_info(meta, manifest)
@@ -392,6 +405,8 @@ class VeManager(VeOps):
             steps.insert(steps.index('configure') if 'configure' in steps else 0, 'network')
         if meta is not None and resolv_conf(new_meta['network']) not in (None, resolv_conf(meta.get('network'))):
             steps.append('resolver')
+        if meta is not None and meta.get('identity') != (new_meta.get('hostname') or name):
+            steps.append('identity')   # /etc/hostname and /etc/hosts follow the hostname the VE gets
         if (meta or {}).get('limits') != new_meta.get('limits') or spec.get('limits') is not None and \
                 current in ('running', 'frozen'):
             self._plan_limits(plan, spec.get('force'))
@@ -442,6 +457,11 @@ class VeManager(VeOps):
                 'lease %s for %s' % (', '.join(c['address'] for c in plan['claims']), plan['name'])
         if step == 'resolver':
             return 'write /etc/resolv.conf of %s' % plan['name']
+        if step == 'create' and plan.get('clone'):
+            return 'clone %s from %s' % (plan['name'], plan['clone']['ref'])
+        if step == 'identity':   # part of a hostname change; on its own for a VE made before it was written
+            return None if 'configure' in plan['steps'] else \
+                'write /etc/hostname and /etc/hosts of %s' % plan['name']
         return '%s %s' % (step, plan['name'])
 
     def _predict(self, plan):
@@ -547,16 +567,24 @@ class VeManager(VeOps):
             os.chmod(staging, 0o711)
             private = os.path.join(staging, 'private')
             idmap = meta.get('idmap') or {}
-            # a btrfs subvolume where the host has quotas, so disk.space can be set at any time
-            _quota.make_private_area(self.host, private, idmap.get('uid'), idmap.get('gid'))
-            for path in (os.path.join(private, 'upper'), os.path.join(private, 'work')):
-                os.mkdir(path, 0o755)
-                if idmap:
-                    os.chown(path, idmap['uid'], idmap['gid'])
+            if plan.get('clone'):
+                self._clone_private(plan, private, meta)
+            else:
+                # a btrfs subvolume where the host has quotas, so disk.space can be set at any time
+                _quota.make_private_area(self.host, private, idmap.get('uid'), idmap.get('gid'))
+                for path in (os.path.join(private, 'upper'), os.path.join(private, 'work')):
+                    os.mkdir(path, 0o755)
+                    if idmap:
+                        os.chown(path, idmap['uid'], idmap['gid'])
             resolver = resolv_conf(meta.get('network'))
             if resolver is not None:
                 write_inside(os.path.join(private, 'upper'), 'etc', 'resolv.conf', resolver,
                              idmap.get('uid', 0), idmap.get('gid', 0))
+            meta['identity'] = meta.get('hostname') or name
+            tree = VeTree(os.path.join(private, 'upper'), self.templates.lower_dirs(plan['manifest']), idmap)
+            write_identity(tree, meta['identity'])
+            if plan.get('clone'):   # like virt-sysprep: what identifies a machine is not copied
+                reset_machine_identity(tree)
             cfg = LxcConfig()
             cfg.replace_owned(is_owned, config)
             cfg.save(os.path.join(staging, 'config'))
@@ -566,6 +594,79 @@ class VeManager(VeOps):
             _staging.discard(staging)
             raise
         _staging.release(staging)
+
+    # -- clones -----------------------------------------------------------------------------
+    def _clone_spec(self, spec):
+        """The spec of a new VE cloned from ``clone_from`` (``<ve>`` or ``<ve>@<snapshot>``), with the source's
+        settings where the task leaves them out, and the clone's source: dict(ve, snapshot, ref, meta).
+
+        The clone runs on the source's template version (its private area was made on it), gets a new MAC
+        (derived from its own name), its own hostname (its name unless given) and new addresses: the task's
+        ``network``, else the source's interfaces with ``auto`` addresses from the pools.
+        """
+        name = spec['name']
+        source, snap = parse_ref(spec['clone_from'])
+        if source == name:
+            raise VzError('VE %s cannot be cloned from itself' % name)
+        src_meta = self.read_meta(source)
+        if src_meta is None:
+            raise VzError('VE %s: clone_from names VE %s, which does not exist on this host' % (name, source))
+        if snap is not None:
+            Snapshots(self.host, self.client).require(source, snap)
+            from_snap = read_json(os.path.join(snapshot_dir(self.host, source, snap), 've.json'))
+            if not isinstance(from_snap, dict):
+                raise VzError('snapshot %s of VE %s has no valid ve.json' % (snap, source))
+            src_meta = from_snap
+        tname, tversion = _validate.template_ref(src_meta['template'])
+        if spec.get('template') is not None and _validate.template_ref(spec['template'])[0] != tname:
+            raise VzError('VE %s: clone_from %s is built on template %s, not %s'
+                          % (name, spec['clone_from'], tname, spec['template']))
+        if spec.get('rebase'):
+            raise VzError('VE %s: a clone runs on the template version of its source; rebase it afterwards' % name)
+        if spec.get('privileged') is not None and bool(spec['privileged']) != bool(src_meta.get('privileged')):
+            raise VzError('VE %s: a clone is privileged exactly when its source %s is (its files are owned by the '
+                          'same ids)' % (name, source))
+        new = dict(spec, template='%s@%s' % (tname, tversion), privileged=bool(src_meta.get('privileged')))
+        for key in ('autostart', 'mounts', 'ttys', 'console', 'owner'):
+            if new.get(key) is None and src_meta.get(key) is not None:
+                new[key] = src_meta[key]
+        if new.get('network') is None:
+            new['network'] = [_clone_interface(iface) for iface in src_meta.get('network') or []]
+        return new, {'ve': source, 'snapshot': snap, 'meta': src_meta, 'ref': spec['clone_from']}
+
+    def restored_meta(self, name, saved, network=None):
+        """Metadata of VE ``name`` restored from another VE's backup (``saved``: its ve.json): its settings,
+        with its own MAC and hostname, and the addresses of ``network`` (else the saved interfaces with
+        ``auto`` addresses). Nothing is leased here."""
+        spec = {'name': name, 'template': saved['template'], 'hostname': None, 'autostart': False,
+                'privileged': bool(saved.get('privileged')),
+                'network': network if network is not None else [_clone_interface(i) for i in saved.get('network') or []]}
+        for key in ('mounts', 'ttys', 'console', 'owner'):
+            spec[key] = saved.get(key)
+        new_meta, _manifest = self.desired_meta(spec, None)
+        new_meta['limits'] = saved.get('limits') or {}
+        new_meta['identity'] = name
+        self.net.plan_addresses(name, None, new_meta)
+        return new_meta
+
+    def _clone_private(self, plan, private, meta):
+        """The clone's private area ``private``: a writable copy (btrfs: snapshot) of the source's, taken
+        from its snapshot, or from the VE itself (frozen for the instant when it runs)."""
+        clone = plan['clone']
+        snaps = Snapshots(self.host, self.client, stop_timeout=self.stop_timeout)
+        if clone['snapshot']:
+            snaps.build_private(os.path.join(snapshot_dir(self.host, clone['ve'], clone['snapshot']), 'private'),
+                                private, meta)
+            return
+        if self.client.state(clone['ve'])['state'] in ('running', 'frozen'):
+            work = _staging.make(self.host.tmp_dir, 'clone-%s-' % plan['name'])
+            try:
+                snaps.take(clone['ve'], 'clone', os.path.join(work, 'source'))
+                snaps.build_private(os.path.join(work, 'source', 'private'), private, meta)
+            finally:
+                _staging.discard(work)
+        else:
+            snaps.build_private(os.path.join(self.host.ve_dir(clone['ve']), 'private'), private, meta)
 
     def _step_configure(self, plan):
         name = plan['name']
@@ -599,6 +700,24 @@ class VeManager(VeOps):
         else:
             root = os.path.join(self.host.ve_dir(name), 'private', 'upper')
         self.net.write_resolver(root, meta['network'], meta.get('idmap'))
+
+    def _step_identity(self, plan):
+        """Write the VE's /etc/hostname and its 127.0.1.1 line of /etc/hosts (keeping its other lines),
+        then record in ve.json which hostname they hold."""
+        name, meta = plan['name'], plan['new_meta']
+        hostname = meta.get('hostname') or name
+        self.write_identity(name, meta, plan['manifest'], hostname)
+        plan['new_meta'] = dict(meta, identity=hostname)
+
+    def write_identity(self, name, meta, manifest, hostname):
+        """/etc/hostname and /etc/hosts of VE ``name`` (running or stopped) say ``hostname``; ve.json records it."""
+        now = self.client.state(name)
+        running = now['state'] in ('running', 'frozen') and now['pid']
+        tree = VeTree.of(self.host.ve_dir(name), now['pid'] if running else None,
+                         self.templates.lower_dirs(manifest), meta.get('idmap'))
+        write_identity(tree, hostname)
+        on_disk = self.read_meta(name)
+        write_json(os.path.join(self.host.ve_dir(name), 've.json'), dict(on_disk, identity=hostname))
 
     def _step_limits(self, plan):
         """Apply changed limits: live cgroup writes (running VE), disk quota, network shaping."""
@@ -696,6 +815,8 @@ class VeManager(VeOps):
                                         if entry['state'] in ('running', 'frozen') else 0)
                 view['private_bytes'] = disk_usage(os.path.join(self.host.ve_dir(name), 'private'))
                 view['usage'] = self.accounting(meta, entry['state'])
+            # snapshots take space of their own: listed with their size, never counted silently
+            view['snapshots'] = list_snapshots(self.host, name, sizes=usage)
             result.append(view)
         return result
 
@@ -738,6 +859,18 @@ def _final_state(state, steps):
     for step in steps:
         state = after.get(step, state)
     return state
+
+
+def _clone_interface(iface):
+    """A source's interface as a clone asks for it: same network, new (pool) addresses, MAC from the new name."""
+    item = {k: iface[k] for k in ('name', 'mode', 'bridge', 'mtu', 'nameservers', 'searchdomains')
+            if iface.get(k) is not None}
+    if iface.get('mode') == 'routed':
+        item.pop('bridge', None)
+    for key, auto in (('ipv4', 'auto4'), ('ipv6', 'auto6')):
+        if iface.get(key) or iface.get(auto):
+            item[key] = ['auto']
+    return item
 
 
 def _read_bytes(path):

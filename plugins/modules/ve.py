@@ -157,6 +157,9 @@ options:
       limits:
         description: Like O(limits).
         type: dict
+      clone_from:
+        description: Like O(clone_from).
+        type: str
   state:
     description:
       - V(present) makes sure the VE exists (a new one is left stopped) and does not change whether it runs.
@@ -246,6 +249,19 @@ options:
       - Keys left out keep what the VE has; V(null) or V(unlimited) removes a limit.
       - A running VE is changed live (no restart) and the change is written to its LXC config and C(ve.json).
     type: dict
+  clone_from:
+    description:
+      - Make a new VE as a copy of another VE of the host, C(<ve>), or of one of its snapshots, C(<ve>@<snapshot>)
+        (see M(osvirt.vz.ve_snapshot)). Only for a VE that does not exist yet; an existing VE ignores it.
+      - The clone gets a copy of the source's private area (a writable btrfs snapshot where the private area is a
+        subvolume, else a C(cp --reflink=auto) copy; a running source is frozen for the instant of the copy), on
+        the same template version.
+      - Like virt-sysprep it gets its own identity - a MAC derived from its own name, its own hostname (its name
+        unless O(hostname) is given) in C(/etc/hostname) and C(/etc/hosts), a new C(/etc/machine-id) where the
+        source has one, and new SSH host keys of the types the source had.
+      - Its addresses are those of O(network); without it, the source's interfaces with V(auto) addresses from the
+        pools. Options left out (limits, autostart, mounts, ttys, console, owner) are the source's.
+    type: str
   force:
     description:
       - Apply a O(limits) change even when it is below what the VE uses now (memory.ram, disk.space).
@@ -398,6 +414,14 @@ EXAMPLES = r'''
     template: busybox@20261125-101500
     state: stopped
 
+- name: A copy of web1 as it was at its snapshot, with an address from the bridge's pool
+  osvirt.vz.ve:
+    name: web3
+    clone_from: web1@before-upgrade
+    network:
+      - name: eth0
+        ipv4: [auto]
+
 - name: Freeze a VE, then remove it
   osvirt.vz.ve:
     name: web1
@@ -511,6 +535,7 @@ VE_OPTIONS = {
     'console': {'type': 'bool'},
     'owner': {'type': 'str'},
     'limits': {'type': 'dict'},
+    'clone_from': {'type': 'str'},
 }
 
 

@@ -100,6 +100,15 @@ ves:
     private_bytes:
       description: Disk space of the VE's private area, in bytes.
       type: int
+    snapshots:
+      description:
+        - Snapshots of the VE (M(osvirt.vz.ve_snapshot)), oldest first, with C(name), C(created), C(method)
+          (C(btrfs) or C(copy)), C(running) (whether the VE ran when it was taken), C(template) and, with
+          O(usage), C(size_bytes) (the space only the snapshot holds on btrfs with quotas, else its disk use).
+      type: list
+      elements: dict
+      sample: [{name: before-upgrade, created: '2026-12-07T23:00:00Z', method: btrfs, running: true,
+                template: busybox@20261125-101500, size_bytes: 16384}]
     created:
       description: Creation time, UTC, ISO 8601.
       type: str

@@ -516,3 +516,47 @@ def test_privileged_opt_in_warns(ctx):
     assert uid_map == ["0", "0", "4294967295"], uid_map
     flip = run.task("flip")
     assert flip.failed and "privileged cannot change" in flip.msg, flip.result
+
+
+# ------------------------------------------------------------------------ identity inside
+
+
+def test_identity_inside_follows_the_hostname(ctx):
+    """/etc/hostname and the 127.0.1.1 line of /etc/hosts say the VE's hostname: at create (stopped),
+    at a change of a running VE (its own lines of /etc/hosts kept), and once for a VE made before."""
+    name = ctx.name("idn")
+    upper = ctx.ves / name / "private" / "upper"
+    run = ctx.run(play([ctx.task("create", name=name, template="busybox", state="stopped",
+                                 hostname="app.example.test")]))
+    assert run.task("create")["actions"] == ["create %s" % name]
+    assert (upper / "etc" / "hostname").read_text() == "app.example.test\n"
+    hosts = (upper / "etc" / "hosts").read_text()
+    assert "127.0.1.1\tapp.example.test app\n" in hosts and "127.0.0.1\tlocalhost" in hosts, hosts
+    ve_uid = json.loads((ctx.ves / name / "ve.json").read_text())["idmap"]["uid"]
+    assert (upper / "etc" / "hosts").stat().st_uid == ve_uid   # written as the VE's root
+
+    ctx.run(play([ctx.task("start", name=name, state="started")]))
+    assert ctx.attach(name, "cat", "/etc/hostname").stdout == "app.example.test\n"
+    assert ctx.attach(name, "hostname").stdout.strip() == "app.example.test"
+    ctx.attach(name, "sh", "-c", "echo '10.9.9.9 db.internal' >> /etc/hosts")
+
+    run = ctx.run(play([ctx.task("rename", name=name, hostname="web"),
+                        ctx.task("again", name=name, hostname="web")]))
+    assert run.task("rename")["actions"] == ["configure %s" % name]
+    assert run.task("again").ok
+    inside = ctx.attach(name, "cat", "/etc/hosts").stdout
+    assert "127.0.1.1\tweb\n" in inside and "app.example.test" not in inside, inside
+    assert "10.9.9.9 db.internal" in inside, inside
+    assert ctx.attach(name, "cat", "/etc/hostname").stdout == "web\n"
+
+    # a VE made before identities were written gets them at its next run, once
+    meta_path = ctx.ves / name / "ve.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["identity"]
+    meta_path.write_text(json.dumps(meta))
+    run = ctx.run(play([dict(ctx.task("fix check", name=name), check_mode=True),
+                        ctx.task("fix", name=name), ctx.task("fixed", name=name)]))
+    assert run.task("fix check")["actions"] == ["write /etc/hostname and /etc/hosts of %s" % name]
+    assert run.task("fix")["actions"] == ["write /etc/hostname and /etc/hosts of %s" % name]
+    assert run.task("fixed").ok
+    assert json.loads(meta_path.read_text())["identity"] == "web"
