@@ -13,7 +13,6 @@ Env: MOLECULE_SCENARIOS="host provision" runs only those; MOLECULE_ARGS adds arg
 `molecule test`. Prints each scenario's result and wall time; exits 1 when any failed.
 """
 
-import fcntl
 import os
 import shlex
 import subprocess
@@ -22,7 +21,8 @@ import time
 
 SCENARIOS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # extensions/molecule
 REPO = os.path.dirname(os.path.dirname(SCENARIOS_DIR))
-LOCK = os.environ.get('VZ_TEST_LOCK', '/run/osvirt-test.lock')
+sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
+from testlock import LOCK, MachineTestLock  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def scenarios():
@@ -36,67 +36,13 @@ def scenarios():
     return [name for name in found if not wanted or name in wanted]
 
 
-def ancestors():
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            with open('/proc/%d/stat' % pid) as handle:
-                pid = int(handle.read().rsplit(')', 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
-
-
-def held_by_ancestor(path):
-    """True when a process above this one holds the flock on ``path`` (from /proc/locks)."""
-    try:
-        inode = os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
-    mine = ancestors()
-    with open('/proc/locks') as handle:
-        for line in handle:
-            fields = line.split()
-            if 'FLOCK' not in fields or '->' in fields:
-                continue
-            try:
-                pid, node = int(fields[4]), fields[5]
-            except (IndexError, ValueError):
-                continue
-            if node.rsplit(':', 1)[-1] == str(inode) and pid in mine:
-                return True
-    return False
-
-
-class TestLock:
-    def __init__(self, path):
-        self.path, self.fd = path, None
-
-    def __enter__(self):
-        if held_by_ancestor(self.path):
-            return self
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print('molecule: waiting for the test lock %s' % self.path, flush=True)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def main():
     names = scenarios()
     extra = shlex.split(os.environ.get('MOLECULE_ARGS', ''))
     results = []
     for name in names:
         print('molecule: scenario %s' % name, flush=True)
-        with TestLock(LOCK):
+        with MachineTestLock(LOCK, who='molecule'):
             start = time.monotonic()
             rc = subprocess.call(['molecule', 'test', '-s', name] + extra, cwd=REPO)
             results.append((name, rc, time.monotonic() - start))
