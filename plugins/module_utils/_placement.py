@@ -35,6 +35,7 @@ from ._errors import VzError
 
 STRATEGIES = ('spread', 'pack')
 
+
 def _approx_bytes(value):
     """Bytes rounded to one decimal of the largest unit (23.5G, 512M): readable plans and messages."""
     for unit, factor in (('T', 1 << 40), ('G', 1 << 30), ('M', 1 << 20), ('K', 1 << 10)):

@@ -113,6 +113,12 @@ def test_evacuate_and_restore(lab, run_playbook):
         assert set(_changed(again).values()) == {0}, again.report()
         assert "nothing to move" in again.task(REPORT, host=lab1)["msg"][0]
 
+        # the host role run again on the drained host keeps the mark (it rewrites host.json)
+        run_playbook([{"hosts": lab1, "gather_facts": False, "roles": [{"role": "osvirt.vz.host", "vars": {
+            "host_install_packages": False, "host_sysctl": False, "host_bridge_pool4": "{{ lab_pool4 }}"}}]}],
+            inventory=lab.inventory)
+        assert _read_json(lab, lab1, VZ + "/host.json")["draining"] == mark
+
         # refusals, each before anything changes
         drained = _snapshot(lab, names)
         for extra, words in (

@@ -232,3 +232,50 @@ def test_patch_role_timing(lab, run_playbook, tmp_path):
               % (2 * per_host, run.seconds, again.seconds))
     finally:
         fleet.teardown()
+
+
+def _losing_a_host(host):
+    """playbooks/patch.yml's three plays with one more before the rollout that makes ``host``
+    unreachable (SSH port 1): a host lost between the listing and the rollout."""
+    return [
+        {"name": "prepare", "hosts": "vz_hosts", "gather_facts": False, "roles": [{"role": "osvirt.vz.patch"}]},
+        {"name": "lose a host", "hosts": "localhost", "gather_facts": False,
+         "tasks": [{"name": "lose it", "ansible.builtin.add_host": {"name": host, "ansible_port": 1}}]},
+        {"name": "rollout", "hosts": "patch_ves", "gather_facts": False, "serial": "{{ patch_batches }}",
+         "max_fail_percentage": "{{ patch_max_fail_percentage }}",
+         "tasks": [{"name": "rollout", "ansible.builtin.include_role": {"name": "osvirt.vz.patch",
+                                                                        "tasks_from": "rollout"}}]},
+        {"name": "report", "hosts": "vz_hosts", "gather_facts": False,
+         "tasks": [{"name": "report", "ansible.builtin.include_role": {"name": "osvirt.vz.patch",
+                                                                       "tasks_from": "report"}}]},
+    ]
+
+
+def test_patch_role_host_lost_mid_rollout(lab, run_playbook, tmp_path):
+    """lab2 lost after the listing: skip reports its VEs skipped and patches lab1's; stop ends the
+    rollout at lab2's first VE, before the rest of that batch is touched."""
+    fleet = Fleet(lab, run_playbook, tmp_path)
+    a, b, c = fleet.ves
+    try:
+        v1 = fleet.setup()
+        report = tmp_path / "report.json"
+        run_playbook(_losing_a_host("lab2"), inventory=lab.inventory,
+                     extra_vars=fleet.extra(patch_unreachable="skip", patch_max_fail_percentage=0))
+        status = _status(json.loads(report.read_text()))
+        assert status == {fleet.name(v, "lab1"): "patched" for v in fleet.ves} | {
+            fleet.name(v, "lab2"): "skipped" for v in fleet.ves}, status
+        assert all(fleet.template_of("lab2", v).endswith(v1) for v in fleet.ves)
+        v2 = fleet.template_of("lab1", a).split("@")[1]
+        assert v2 > v1
+
+        report.unlink()
+        run = run_playbook(_losing_a_host("lab2"), inventory=lab.inventory, expect_fail=True,
+                           extra_vars=fleet.extra(patch_id="p2", patch_max_fail_percentage=100))
+        assert "host lab2 of VE %s cannot be reached: the rollout stops here" % a in run.stdout
+        assert not report.exists()
+        v3 = _versions(lab, "lab1", fleet.template)[-1]
+        assert fleet.template_of("lab1", a).endswith(v3)            # the canary
+        assert fleet.template_of("lab1", b).endswith(v2)            # same batch as a.lab2: untouched
+        assert fleet.template_of("lab1", c).endswith(v2)
+    finally:
+        fleet.teardown()
