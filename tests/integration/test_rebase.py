@@ -39,8 +39,8 @@ def test_rebase_stopped_ve_four_steps(store, four_steps):
     ve = store.name("a")
     store.run(play([store.ve_task("create", name=ve, template="busybox", state="stopped")]))
     upper = store.upper(ve)
-    # the VE's own changes, as overlayfs stores them in the private area
-    (upper / "etc").mkdir()
+    # the VE's own changes, as overlayfs stores them in the private area (etc/ holds its identity files already)
+    (upper / "etc").mkdir(exist_ok=True)
     (upper / "etc/motd").write_text("the VE's own motd\n")          # the new version adds one
     (upper / "etc/hosts").write_text("127.0.0.1 mine\n")            # the new version keeps it
     (upper / "root").mkdir()
@@ -115,7 +115,7 @@ def test_rollback_to_an_older_version_is_allowed_and_said(store):
     v2 = publish_variant(store.root, "busybox", v1, write={"etc/issue": "v2\n"})
     store.run(play([store.ve_task("create", name=ve, template="busybox", state="stopped")]))
     assert store.meta(ve)["template"] == "busybox@" + v2
-    (store.upper(ve) / "etc").mkdir()
+    (store.upper(ve) / "etc").mkdir(exist_ok=True)   # it holds the VE's /etc/hostname and /etc/hosts
     (store.upper(ve) / "etc/issue").write_text("mine\n")
     _own(store, ve)
     run = store.run(play([store.ve_task("back", name=ve, template="busybox@" + v1, state="stopped")]))

@@ -115,8 +115,10 @@ def test_private_area_holds_only_the_ves_changes(ctx):
     assert res["actions"] == ["create %s" % name] and res["ve"]["state"] == "stopped"
     directory = ctx.ves / name
     upper = directory / "private" / "upper"
-    # creating a VE copies no template file: an empty upper dir, a config and the metadata
-    assert upper.is_dir() and list(upper.iterdir()) == [], list(upper.iterdir())
+    # creating a VE copies no template file: the upper dir holds only the VE's identity (its own
+    # /etc/hostname and /etc/hosts, issue 13), besides a config and the metadata
+    held = sorted(str(p.relative_to(upper)) for p in upper.rglob("*"))
+    assert held == ["etc", "etc/hostname", "etc/hosts"], held
     assert (directory / "private" / "work").is_dir()
     assert sorted(p.name for p in directory.iterdir()) == ["config", "private", "ve.json"]
     meta = json.loads((directory / "ve.json").read_text())
