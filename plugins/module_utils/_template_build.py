@@ -36,6 +36,7 @@ from ._idshift import shift_tree
 from ._locks import Lock
 from ._template_busybox import build_busybox
 from ._ve_config import is_owned, render_config
+from ._ve_identity import strip_identity
 from ._ve_ops import log_tail
 
 # What every debootstrap template gets besides the variant's own packages: an init that boots
@@ -509,6 +510,7 @@ def build_from_ve(store, rootfs, source):
             os.rmdir(mountpoint)
     if idmap is not None:
         shift_tree(rootfs, idmap, back=True)
+    strip_identity(rootfs)   # the VE's hostname is not the template's: each new VE writes its own
     os_id, release = os_release(rootfs)
     return {'os': os_id or manifest.get('os'), 'release': release or manifest.get('release'), 'parent': None,
             'packages': dpkg_packages(rootfs), 'init': manifest.get('init') or detect_init(rootfs),

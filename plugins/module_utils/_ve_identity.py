@@ -243,6 +243,18 @@ def write_identity(tree, hostname):
     return changed
 
 
+def strip_identity(rootfs):
+    """Remove a VE's identity from a tree made from it (a template built from a VE, host ids): its
+    /etc/hostname and the 127.0.1.1 line of /etc/hosts. Each VE made from the tree writes its own."""
+    tree = VeTree(rootfs)
+    if tree.read('etc', 'hostname') is not None:
+        tree.remove('etc', 'hostname')
+    hosts = tree.read('etc', 'hosts')
+    if hosts is not None:
+        kept = [line for line in hosts.splitlines() if _address(line) != LOOPBACK_NAME_ADDRESS]
+        tree.write('etc', 'hosts', '\n'.join(kept) + '\n' if kept else DEFAULT_HOSTS)
+
+
 def reset_machine_identity(tree):
     """What a clone must not share with its source (like virt-sysprep): a new machine-id where the
     source had one (an empty one stays empty: systemd makes one at the first boot) and new SSH host

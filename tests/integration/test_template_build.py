@@ -343,6 +343,9 @@ def test_template_from_a_ve(store, busybox, four_steps, run_playbook):
     copy = store.name("copy")
     run_playbook(_play([dict(store.ve(copy, "golden"), name="copy")]))
     assert store.attach(copy, "cat", "/root/written").stdout == "mine\n"
+    # the source's identity stays behind: the copy says its own name (issue 13)
+    assert not os.path.lexists(rootfs / "etc/hostname") and name not in (rootfs / "etc/hosts").read_text()
+    assert store.attach(copy, "cat", "/etc/hostname").stdout == copy + "\n"
     assert store.attach(copy, "ls", "/home").stdout.split() == ["new"]
 
 

@@ -76,3 +76,15 @@ def test_no_link_is_followed_on_the_way_to_a_subdir(tmp_path):
     with pytest.raises(OSError):
         tree.write('var/lib/dbus', 'machine-id', 'new\n')
     assert (host_dir / 'lib' / 'dbus' / 'machine-id').read_text() == 'host id\n'
+
+
+def test_a_template_made_from_a_ve_loses_its_identity(tmp_path):
+    from ansible_collections.osvirt.vz.plugins.module_utils._ve_identity import strip_identity
+    (tmp_path / 'etc').mkdir()
+    (tmp_path / 'etc' / 'hostname').write_text('web1\n')
+    (tmp_path / 'etc' / 'hosts').write_text('127.0.0.1\tlocalhost\n127.0.1.1\tweb1\n10.0.0.9 db\n')
+    strip_identity(str(tmp_path))
+    assert not (tmp_path / 'etc' / 'hostname').exists()
+    assert (tmp_path / 'etc' / 'hosts').read_text() == '127.0.0.1\tlocalhost\n10.0.0.9 db\n'
+    strip_identity(str(tmp_path))   # nothing left to strip
+    assert (tmp_path / 'etc' / 'hosts').read_text() == '127.0.0.1\tlocalhost\n10.0.0.9 db\n'
