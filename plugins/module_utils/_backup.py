@@ -47,6 +47,8 @@ from ._ve_ops import VeOps
 
 MODES = ('snapshot', 'suspend', 'stop')
 KEEP_RULES = ('keep_last', 'keep_daily', 'keep_weekly', 'keep_monthly')
+# restic's exit code for a snapshot made without some files it could not read
+INCOMPLETE_SNAPSHOT = 3
 TAG_VE, TAG_TEMPLATE, TAG_PROTECTED = 'osvirt-ve', 'osvirt-template', 'protected'
 REPO_RE = re.compile(r'^(/[^\0\n]*|sftp:[^\s\0]+)$')
 
@@ -354,7 +356,10 @@ class BackupTask:
                             self.ops.freeze(ve)
             if state != 'running':
                 return self._restic_backup(base, tags, stage), 0.0
-            first = self._restic_backup(base, '%s,ve=%s,osvirt-pass' % (TAG_VE + '-pass', ve), stage)
+            # the VE runs: a file it renames or removes while restic reads is an incomplete first
+            # pass (restic rc 3), which is all this pass is for; the frozen pass reads it whole
+            first = self._restic_backup(base, '%s,ve=%s,osvirt-pass' % (TAG_VE + '-pass', ve), stage,
+                                        incomplete_ok=True)
             began = time.monotonic()
             self.ops.freeze(ve)
             try:
@@ -367,8 +372,12 @@ class BackupTask:
         finally:
             self._clear_stage(stage)
 
-    def _restic_backup(self, base, tags, stage):
-        proc = self.restic.run(base + ['--tag', tags, stage], 'backup of %s' % stage)
+    def _restic_backup(self, base, tags, stage, incomplete_ok=False):
+        argv = base + ['--tag', tags, stage]
+        proc = self.restic.run(argv, 'backup of %s' % stage, check=False)
+        # rc 3: restic made the snapshot but could not read some files
+        if proc.returncode != 0 and not (incomplete_ok and proc.returncode == INCOMPLETE_SNAPSHOT):
+            raise self.restic.error('backup of %s' % stage, proc, [self.restic.binary] + argv)
         for line in reversed(proc.stdout.splitlines()):
             try:
                 doc = json.loads(line)
