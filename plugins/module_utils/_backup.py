@@ -255,9 +255,7 @@ class BackupTask:
         meta = self.ops.read_meta(ve)
         if meta is None:
             raise VzError('VE %s does not exist on this host (%s): nothing to back up' % (ve, self.host.ves_dir))
-        if require_owner is not None and meta.get('owner') != require_owner:
-            raise VzError('VE %s belongs to %s, not to %s (require_owner); nothing changed'
-                          % (ve, meta.get('owner') or 'nobody', require_owner))
+        _validate.owner(ve, meta, require_owner)
         private = os.path.join(self.host.ve_dir(ve), 'private')
         if mode is None:
             mode = 'snapshot' if _quota.is_subvolume(private) else 'suspend'
@@ -656,9 +654,7 @@ class ArchiveTask(BackupTask):
         meta = self.ops.read_meta(ve)
         if meta is None:
             raise VzError('VE %s does not exist on this host (%s): nothing to back up' % (ve, self.host.ves_dir))
-        if require_owner is not None and meta.get('owner') != require_owner:
-            raise VzError('VE %s belongs to %s, not to %s (require_owner); nothing changed'
-                          % (ve, meta.get('owner') or 'nobody', require_owner))
+        _validate.owner(ve, meta, require_owner)
         if mode not in (None,) + MODES:
             raise VzError('invalid mode %r: use one of %s' % (mode, ', '.join(MODES)))
         dest = os.path.join(directory, '%s-%s.tar.zst' % (ve, name))

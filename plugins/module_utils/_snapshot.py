@@ -123,9 +123,7 @@ class Snapshots:
         meta = self.ops.read_meta(_validate.ve_name(ve))
         if meta is None:
             raise VzError('VE %s does not exist on this host (%s)' % (ve, self.host.ves_dir))
-        if require_owner is not None and meta.get('owner') != require_owner:
-            raise VzError('VE %s belongs to %s, not to %s (require_owner); nothing changed'
-                          % (ve, meta.get('owner') or 'nobody', require_owner))
+        _validate.owner(ve, meta, require_owner)
         return meta
 
     def lock(self, ve, what):

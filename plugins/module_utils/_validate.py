@@ -41,6 +41,14 @@ def ve_name(name):
     return name
 
 
+def owner(ve, meta, require_owner):
+    """The ``require_owner`` rule of every module that changes a VE: VzError when VE ``ve`` (its
+    ve.json ``meta``) belongs to another owner than ``require_owner`` (None: anyone may)."""
+    if require_owner is not None and meta.get('owner') != require_owner:
+        raise VzError('VE %s belongs to %s, not to %s (require_owner); nothing changed'
+                      % (ve, meta.get('owner') or 'nobody', require_owner))
+
+
 def template_name(name):
     """Return ``name`` if it is a valid template name, else raise VzError."""
     if not isinstance(name, str) or not TEMPLATE_NAME_RE.fullmatch(name):
